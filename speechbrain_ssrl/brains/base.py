@@ -1,0 +1,259 @@
+"""Wiring shared by the DINO, SSRL and iterative-baseline brains.
+
+* the front end (Fbank 80 + sentence mean normalisation, computed in fp32) and ``embed``;
+* the EMA teacher, kept OUT of ``modules`` (no optimiser, no DDP wrapper), registered with the
+  checkpointer by the yaml, moved to the device in ``on_fit_start`` and updated after each step;
+* the number of steps per epoch / in total (for step-indexed schedules);
+* optimiser steps with optional per-parameter gradient clipping;
+* per-epoch validation of the teacher on a trial list (cosine EER / minDCF) after optional BN
+  re-estimation on clean training crops; ``history.csv``, plots, ``train_log.txt``;
+* export of the teacher as an ``EncoderClassifier``-loadable ``pretrained/`` folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+import speechbrain as sb
+from speechbrain.utils.distributed import if_main_process
+
+from speechbrain_ssrl.bn_recalibration import recalibrate_bn
+from speechbrain_ssrl.data.views import clean_crop_batches, read_csv_rows
+from speechbrain_ssrl.history import History, plot_history
+
+logger = logging.getLogger(__name__)
+
+ECAPA_KEYS = ("channels", "kernel_sizes", "dilations", "attention_channels", "res2net_scale", "se_channels", "groups")
+
+
+def ddp_world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+class SSLBrainBase(sb.Brain):
+    """Base class: subclasses implement ``compute_forward``/``compute_objectives`` and ``epoch_stats``."""
+
+    #: hparams key of the teacher encoder (kept out of ``modules``)
+    teacher_key = "teacher_model"
+    #: groups of history columns drawn together in plots/
+    plot_groups: Dict[str, List[str]] = {"loss": ["loss"], "lr": ["lr"], "eer": ["eer"]}
+
+    # ------------------------------------------------------------------ set-up
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage == sb.Stage.TRAIN:
+            self.steps_per_epoch = len(loader)
+        return loader
+
+    @property
+    def teacher(self) -> torch.nn.Module:
+        return getattr(self.hparams, self.teacher_key)
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.steps_per_epoch * self.hparams.number_of_epochs)
+
+    def init_teacher_from_student(self) -> None:
+        """Fresh runs: the teacher starts as a copy of the student (recovery overwrites it later)."""
+        self.teacher.load_state_dict(self.hparams.embedding_model.state_dict())
+
+    def on_fit_start(self):
+        if not hasattr(self, "steps_per_epoch"):
+            raise RuntimeError("fit() must be given a Dataset (not a DataLoader) so the steps per epoch are known")
+        self.init_teacher_from_student()
+        super().on_fit_start()  # compile / DDP wrap / optimisers / checkpoint recovery
+        self.teacher.to(self.device)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.history = History(os.path.join(self.hparams.output_folder, "history.csv"))
+        epoch = self.hparams.epoch_counter.current
+        self.history.truncate(epoch)  # rows of epochs after the recovered checkpoint are re-done
+        self._epoch_start = time.time()
+
+    # ------------------------------------------------------------------ model
+    def features(self, wavs: torch.Tensor, lens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Fbank + sentence mean normalisation, always in fp32."""
+        if lens is None:
+            lens = torch.ones(wavs.shape[0], device=wavs.device)
+        with torch.autocast(device_type=wavs.device.type, enabled=False):
+            feats = self.modules.compute_features(wavs.float())
+            return self.modules.mean_var_norm(feats, lens)
+
+    def embed(self, model: torch.nn.Module, wavs: torch.Tensor, lens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, T) waveforms → (B, D) embeddings of ``model`` (ECAPA returns (B, 1, D))."""
+        feats = self.features(wavs, lens)
+        emb = model(feats, lens) if lens is not None else model(feats)
+        return emb.reshape(emb.shape[0], -1)
+
+    def embed_fn(self, model: torch.nn.Module):
+        """``embed_fn(wavs, lens)`` for extraction utilities, in fp32 and eval mode."""
+
+        def fn(wavs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.embed(model, wavs.to(self.device), lens.to(self.device)).float()
+
+        return fn
+
+    # ------------------------------------------------------------------ optimisation
+    def optimizers_step(self):
+        """Like ``Brain.optimizers_step`` but with per-parameter clipping when ``clip_grad_per_param`` is set."""
+        clip = getattr(self.hparams, "clip_grad_per_param", None)
+        if not clip:
+            return super().optimizers_step()
+        opts = self.freeze_optimizers(self.optimizers_dict)
+        for opt in opts.values():
+            self.scaler.unscale_(opt)
+        self.before_optimizer_step()
+        for opt in opts.values():
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        torch.nn.utils.clip_grad_norm_(p, clip)
+        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
+            self.check_gradients()
+        for opt in opts.values():
+            self.scaler.step(opt)
+        self.scaler.update()
+        for opt in opts.values():
+            opt.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
+
+    def before_optimizer_step(self) -> None:
+        """Hook after unscaling and before clipping (e.g. freezing a layer's gradient)."""
+
+    # ------------------------------------------------------------------ validation
+    def clean_batches(self, n_batches: int):
+        rows = getattr(self, "_train_rows", None)
+        if rows is None:
+            rows = self._train_rows = read_csv_rows(self.hparams.train_annotation)
+        return (
+            b.to(self.device)
+            for b in clean_crop_batches(
+                rows, n_batches, self.hparams.bn_recal_batch_size, self.hparams.bn_recal_seconds, seed=self.hparams.seed
+            )
+        )
+
+    def scoring_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` in eval mode, with BN statistics re-estimated on clean crops when enabled."""
+        m = copy.deepcopy(model)
+        n = int(getattr(self.hparams, "bn_recal_batches", 0) or 0)
+        if n > 0:
+            with torch.no_grad():
+                recalibrate_bn(m, lambda x: self.embed(m, x), self.clean_batches(n))
+        return m.eval()
+
+    def validate(self, model: Optional[torch.nn.Module] = None) -> Dict[str, float]:
+        """Cosine EER (%) and minDCF of ``model`` (default: the teacher) on the validation trials."""
+        trials = getattr(self.hparams, "valid_trials", None)
+        if not trials or not os.path.exists(trials):
+            return {}
+        from speechbrain_ssrl.evaluation import evaluate_model
+
+        m = self.scoring_model(self.teacher if model is None else model)
+        res = evaluate_model(
+            self.embed_fn(m),
+            trial_files=[trials],
+            data_folders=self.hparams.valid_data_folders,
+            max_seconds=getattr(self.hparams, "valid_max_seconds", None),
+            progress=not self.noprogressbar,
+        )
+        r = next(iter(res.values()))
+        return {"eer": r["eer"], "eer_se": r.get("eer_se"), "min_dcf_0.01": r.get("min_dcf_0.01")}
+
+    # ------------------------------------------------------------------ logging
+    def epoch_stats(self) -> Dict[str, float]:
+        """Stage-specific statistics of the finished epoch (override)."""
+        return {}
+
+    def end_of_epoch(self, stage_loss: float, epoch: int) -> Dict[str, object]:
+        """Validation, logs, history, plots and the end-of-epoch checkpoint (call from ``on_stage_end``)."""
+        stats: Dict[str, object] = {"epoch": epoch, "loss": float(stage_loss)}
+        stats["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        stats.update(self.epoch_stats())
+        stats["epoch_seconds"] = round(time.time() - self._epoch_start, 1)
+        valid = {}
+        if if_main_process() and getattr(self.hparams, "validate_every", 1) and (
+            epoch % int(self.hparams.validate_every) == 0 or epoch == self.hparams.number_of_epochs
+        ):
+            t0 = time.time()
+            valid = self.validate()
+            valid["valid_seconds"] = round(time.time() - t0, 1)
+        stats.update(valid)
+        if if_main_process():
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": stats["lr"]},
+                train_stats={k: v for k, v in stats.items() if k not in ("epoch", "lr") and k not in valid},
+                valid_stats={k: v for k, v in valid.items() if v is not None} or None,
+            )
+            self.history.log(stats)
+            plot_history(self.history.path, os.path.join(self.hparams.output_folder, "plots"), self.plot_groups)
+        meta = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))}
+        self.checkpointer.save_and_keep_only(meta=meta, num_to_keep=1)
+        self._epoch_start = time.time()
+        return stats
+
+    # ------------------------------------------------------------------ export
+    def ecapa_kwargs(self) -> Dict[str, object]:
+        h = self.hparams
+        kw: Dict[str, object] = {"input_size": int(h.n_mels), "lin_neurons": int(h.emb_dim)}
+        for k in ECAPA_KEYS:
+            if hasattr(h, k):
+                v = getattr(h, k)
+                kw[k] = list(v) if isinstance(v, (list, tuple)) else v
+        return kw
+
+    def export_teacher(self, folder: Optional[str] = None) -> Optional[str]:
+        """Writes ``<output_folder>/pretrained`` (EncoderClassifier-loadable) from the (BN-recalibrated) teacher."""
+        if not if_main_process():
+            return None
+        from speechbrain_ssrl.export import export_encoder
+
+        folder = folder or os.path.join(self.hparams.output_folder, "pretrained")
+        model = self.scoring_model(self.teacher).cpu()
+        export_encoder(model, folder, ecapa_kwargs=self.ecapa_kwargs(), n_mels=int(self.hparams.n_mels), overwrite=True)
+        logger.info("exported the teacher encoder to %s", folder)
+        return folder
+
+
+def find_encoder_checkpoint(folder: str) -> str:
+    """The teacher weights of a finished or running stage: ``pretrained/embedding_model.ckpt``
+    (export, preferred), ``embedding_model.ckpt`` (an export folder itself) or the newest
+    ``save/CKPT+*/teacher_model.ckpt``."""
+    import glob
+
+    for cand in (os.path.join(folder, "pretrained", "embedding_model.ckpt"), os.path.join(folder, "embedding_model.ckpt")):
+        if os.path.isfile(cand):
+            return cand
+    ckpts = sorted(glob.glob(os.path.join(folder, "save", "CKPT+*", "teacher_model.ckpt")))
+    ckpts += sorted(glob.glob(os.path.join(folder, "CKPT+*", "teacher_model.ckpt")))
+    if ckpts:
+        return max(ckpts, key=os.path.getmtime)
+    raise FileNotFoundError(
+        f"{folder}: no usable teacher found (looked for pretrained/embedding_model.ckpt, embedding_model.ckpt "
+        "and save/CKPT+*/teacher_model.ckpt). Point --dino_folder at the output folder of a DINO run "
+        "(python train.py hparams/dino_ecapa.yaml ...)"
+    )
+
+
+def load_encoder(folder: str, model: torch.nn.Module) -> str:
+    """Loads the teacher of ``folder`` into ``model`` (strict); a clear error on another architecture."""
+    path = find_encoder_checkpoint(folder)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{path} does not fit this recipe's encoder (different architecture: check channels / emb_dim "
+            f"against the DINO run's yaml):\n{e}"
+        ) from None
+    logger.info("loaded the encoder from %s", path)
+    return path

@@ -1,0 +1,342 @@
+"""Noisy-label modelling: a 2-component GMM on the teacher's log-loss gives clean probabilities.
+
+At the end of every SSRL epoch the teacher's per-utterance loss ``λ_n = CE(s·cos, ỹ_n)`` is turned
+into a probability ``p_n`` that the pseudo label is clean (``../shared/design/METHOD.md``):
+
+    u = log(λ + eps)                                  eps = 1e-12
+    u ← clip(u, max(quantile(u, 0.001), -20), quantile(u, 0.999))
+    fit a 2-component 1-D GaussianMixture on u         (max_iter 500, tol 1e-5, fixed seed)
+    p = posterior of the component with the smaller mean
+
+``p`` weights the student loss (``losses.weighted_mean``). The fit uses scikit-learn's
+``GaussianMixture`` (k-means initialisation, ``random_state=seed``), so it is deterministic and,
+given the same all-gathered losses, identical on every DDP rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from speechbrain_ssrl.label_queue import unique_last
+
+__all__ = ["GMMFit", "fit_clean_gmm", "clean_probability", "NoisyLabelModel"]
+
+# losses slightly below zero are float round-off of a cross-entropy; clearly negative ones are a bug
+_NEGATIVE_TOL = 1e-3
+
+
+@dataclasses.dataclass
+class GMMFit:
+    """Result of ``fit_clean_gmm``.
+
+    ``p`` is the clean probability of every input loss (float32, the input's device). The other
+    fields are plain Python values for logging; ``means`` / ``variances`` / ``weights`` are
+    ``(clean, noisy)`` pairs (component with the smaller mean first, in the log-loss domain), all
+    ``nan`` when no GMM was fitted (``degenerate`` then says why).
+    """
+
+    p: torch.Tensor
+    means: Tuple[float, float] = (float("nan"), float("nan"))
+    variances: Tuple[float, float] = (float("nan"), float("nan"))
+    weights: Tuple[float, float] = (float("nan"), float("nan"))
+    converged: bool = False
+    n_iter: int = 0
+    clip_low: float = float("nan")
+    clip_high: float = float("nan")
+    degenerate: Optional[str] = None
+
+    def stats(self) -> Dict[str, Any]:
+        """Flat dict of the scalar fields (for ``history.csv``)."""
+        return {
+            "gmm_mean_clean": self.means[0],
+            "gmm_mean_noisy": self.means[1],
+            "gmm_var_clean": self.variances[0],
+            "gmm_var_noisy": self.variances[1],
+            "gmm_weight_clean": self.weights[0],
+            "gmm_weight_noisy": self.weights[1],
+            "gmm_converged": self.converged,
+            "gmm_n_iter": self.n_iter,
+            "gmm_clip_low": self.clip_low,
+            "gmm_clip_high": self.clip_high,
+            "gmm_degenerate": self.degenerate,
+        }
+
+
+def _losses_to_numpy(losses) -> Tuple[np.ndarray, torch.device, torch.Size]:
+    t = torch.as_tensor(losses).detach()
+    device, shape = t.device, t.shape
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"losses must be a real tensor, got {t.dtype}")
+    x = t.to("cpu", torch.float64).reshape(-1).numpy()
+    n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    if n_nan or n_inf:
+        raise ValueError(
+            f"losses contain {n_nan} NaN and {n_inf} inf values out of {x.size}: "
+            "the teacher loss diverged or a cosine was masked for the target class"
+        )
+    if x.size and x.min() < -_NEGATIVE_TOL:
+        raise ValueError(f"losses must be >= 0 (cross-entropies), got a minimum of {x.min():.4g}")
+    return np.maximum(x, 0.0), device, shape
+
+
+def fit_clean_gmm(
+    losses,
+    *,
+    max_iter: int = 500,
+    tol: float = 1e-5,
+    eps: float = 1e-12,
+    low_clip_floor: float = -20.0,
+    low_q: float = 0.001,
+    high_q: float = 0.999,
+    seed: int = 0,
+    reg_covar: float = 1e-6,
+) -> GMMFit:
+    """Fit the clean / noisy GMM on ``log(losses + eps)``; see the module docstring.
+
+    Arguments
+    ---------
+    losses : tensor or array of per-sample losses ``>= 0`` (any shape; ``p`` has the same shape)
+    max_iter, tol, reg_covar : ``sklearn.mixture.GaussianMixture`` settings
+    eps : added to the loss before the log
+    low_clip_floor : the lower clip is ``max(quantile(u, low_q), low_clip_floor)``
+    low_q, high_q : quantiles of ``u`` used as clip bounds
+    seed : ``random_state`` of the GMM
+
+    Degenerate input: NaN / inf / clearly negative losses raise ``ValueError``; fewer than two
+    losses, or losses that are all equal after clipping, give ``p = 1`` everywhere with a warning.
+    """
+    if not 0.0 <= low_q < high_q <= 1.0:
+        raise ValueError(f"need 0 <= low_q < high_q <= 1, got {low_q}, {high_q}")
+    x, device, shape = _losses_to_numpy(losses)
+
+    def ones(reason: str) -> GMMFit:
+        if x.size:
+            warnings.warn(f"noisy-label GMM not fitted ({reason}): every clean probability set to 1")
+        return GMMFit(p=torch.ones(shape, dtype=torch.float32, device=device), degenerate=reason)
+
+    if x.size < 2:
+        return ones(f"{x.size} loss value(s), need at least 2")
+    u = np.log(x + eps)
+    low = max(float(np.quantile(u, low_q)), float(low_clip_floor))
+    high = float(np.quantile(u, high_q))
+    if high < low:  # everything below the floor
+        high = low
+    u = np.clip(u, low, high)
+    if float(u.max() - u.min()) <= 1e-12 * max(1.0, float(np.abs(u).max())):
+        fit = ones("all log-losses equal after clipping")
+        fit.clip_low, fit.clip_high = low, high
+        return fit
+
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(
+        n_components=2,
+        covariance_type="full",
+        max_iter=int(max_iter),
+        tol=float(tol),
+        reg_covar=float(reg_covar),
+        random_state=int(seed),
+    )
+    with warnings.catch_warnings():
+        # non-convergence is reported in the returned fit (``converged``), not as a warning per epoch
+        warnings.filterwarnings("ignore", message=".*did not converge.*")
+        gmm.fit(u[:, None])
+    means = gmm.means_.reshape(2)
+    order = np.argsort(means, kind="stable")  # (clean, noisy)
+    clean = int(order[0])
+    post = gmm.predict_proba(u[:, None])[:, clean]
+    variances = gmm.covariances_.reshape(2)
+    return GMMFit(
+        p=torch.from_numpy(post.astype(np.float32)).reshape(shape).to(device),
+        means=(float(means[order[0]]), float(means[order[1]])),
+        variances=(float(variances[order[0]]), float(variances[order[1]])),
+        weights=(float(gmm.weights_[order[0]]), float(gmm.weights_[order[1]])),
+        converged=bool(gmm.converged_),
+        n_iter=int(gmm.n_iter_),
+        clip_low=low,
+        clip_high=high,
+    )
+
+
+def clean_probability(
+    losses,
+    *,
+    max_iter: int = 500,
+    tol: float = 1e-5,
+    eps: float = 1e-12,
+    low_clip_floor: float = -20.0,
+    low_q: float = 0.001,
+    high_q: float = 0.999,
+    seed: int = 0,
+    reg_covar: float = 1e-6,
+) -> torch.Tensor:
+    """Clean probability of each loss (float32 tensor, same shape and device as ``losses``).
+
+    Shorthand for ``fit_clean_gmm(losses, ...).p``; see there for the arguments and degenerate cases.
+    """
+    return fit_clean_gmm(
+        losses,
+        max_iter=max_iter,
+        tol=tol,
+        eps=eps,
+        low_clip_floor=low_clip_floor,
+        low_q=low_q,
+        high_q=high_q,
+        seed=seed,
+        reg_covar=reg_covar,
+    ).p
+
+
+@register_checkpoint_hooks
+class NoisyLabelModel:
+    """Per-utterance clean probabilities ``p`` (N,), initialised to 1, refitted every epoch.
+
+    Arguments
+    ---------
+    n : number of training utterances
+    enabled : ``False`` is the "without noisy-label modelling" ablation: ``update`` fits nothing
+        and every weight stays 1
+    max_iter, tol, eps, low_clip_floor, low_q, high_q, seed, reg_covar : see ``fit_clean_gmm``
+
+    ``p`` lives on the CPU; ``weights(indices)`` returns it on the device of ``indices``.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        enabled: bool = True,
+        *,
+        max_iter: int = 500,
+        tol: float = 1e-5,
+        eps: float = 1e-12,
+        low_clip_floor: float = -20.0,
+        low_q: float = 0.001,
+        high_q: float = 0.999,
+        seed: int = 0,
+        reg_covar: float = 1e-6,
+    ) -> None:
+        if int(n) < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self.enabled: bool = bool(enabled)
+        self.gmm_kwargs: Dict[str, Any] = dict(
+            max_iter=max_iter,
+            tol=tol,
+            eps=eps,
+            low_clip_floor=low_clip_floor,
+            low_q=low_q,
+            high_q=high_q,
+            seed=seed,
+            reg_covar=reg_covar,
+        )
+        self.p: torch.Tensor = torch.ones(int(n), dtype=torch.float32)
+        self.n_updates: int = 0
+        self._last: Dict[str, Any] = {"n_fitted": 0, "mean_p_fitted": float("nan")}
+        self._last.update(GMMFit(p=torch.ones(0)).stats())
+
+    @property
+    def n(self) -> int:
+        return self.p.numel()
+
+    def _check_indices(self, indices) -> torch.Tensor:
+        idx = torch.as_tensor(indices)
+        if idx.dim() != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
+            raise TypeError(f"indices must be a 1-D integer tensor, got {idx.dtype} {tuple(idx.shape)}")
+        idx = idx.to("cpu", torch.long)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n):
+            raise IndexError(f"utterance indices must be in [0, {self.n})")
+        return idx
+
+    def update(self, indices, losses) -> Dict[str, Any]:
+        """Fit the GMM on the losses of ``indices`` and set their ``p``; others keep theirs.
+
+        Repeated indices count once (their last loss), so padded DDP batches do not bias the fit.
+        Returns ``stats()``. Disabled: nothing is fitted and ``p`` stays 1.
+        """
+        idx = self._check_indices(indices)
+        loss = torch.as_tensor(losses).detach().to("cpu").reshape(-1)
+        if loss.numel() != idx.numel():
+            raise ValueError(f"{loss.numel()} losses for {idx.numel()} indices")
+        self.n_updates += 1
+        if not self.enabled:
+            return self.stats()
+        keep = unique_last(idx)
+        idx, loss = idx[keep], loss[keep]
+        fit = fit_clean_gmm(loss, **self.gmm_kwargs)
+        self.p[idx] = fit.p.to(torch.float32)
+        self._last = {"n_fitted": int(idx.numel()), "mean_p_fitted": float(fit.p.mean()) if idx.numel() else float("nan")}
+        self._last.update(fit.stats())
+        return self.stats()
+
+    def weights(self, indices, device: Optional[torch.device | str] = None) -> torch.Tensor:
+        """Clean probabilities of ``indices`` (float32), on ``device`` (default: that of ``indices``)."""
+        target = torch.as_tensor(indices).device if device is None else device
+        return self.p[self._check_indices(indices)].to(target)
+
+    def stats(self) -> Dict[str, Any]:
+        """Plain-Python summary for logging: ``mean_p`` and ``frac_noisy`` (p < 0.5) over all N,
+        the size and mean p of the last fitted set, and the last GMM's parameters (``gmm_*``)."""
+        out: Dict[str, Any] = {
+            "enabled": self.enabled,
+            "n_updates": self.n_updates,
+            "mean_p": float(self.p.mean()) if self.n else float("nan"),
+            "frac_noisy": float((self.p < 0.5).double().mean()) if self.n else float("nan"),
+        }
+        out.update(self._last)
+        return out
+
+    def detector_confusion(self, indices, is_clean_truth, threshold: float = 0.5) -> Dict[str, int]:
+        """Confusion counts of the clean detector ``p >= threshold`` against the truth (diagnostics).
+
+        Positive = "clean": TP clean & detected clean, FP noisy but detected clean, TN noisy &
+        detected noisy, FN clean but detected noisy. ``is_clean_truth`` (bool, like ``indices``)
+        is, e.g., "the pseudo label agrees with the true speaker under the cluster→speaker map".
+        """
+        idx = self._check_indices(indices)
+        truth = torch.as_tensor(is_clean_truth).to("cpu").reshape(-1).bool()
+        if truth.numel() != idx.numel():
+            raise ValueError(f"{truth.numel()} truth values for {idx.numel()} indices")
+        pred = self.p[idx] >= threshold
+        return {
+            "TP": int((pred & truth).sum()),
+            "FP": int((pred & ~truth).sum()),
+            "TN": int((~pred & ~truth).sum()),
+            "FN": int((~pred & truth).sum()),
+        }
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Tensors and plain Python values only (``torch.load(weights_only=True)`` safe)."""
+        return {
+            "p": self.p.clone(),
+            "enabled": self.enabled,
+            "n_updates": self.n_updates,
+            "last": dict(self._last),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore ``p`` and the counters; ``enabled`` and the GMM settings stay as constructed."""
+        p = torch.as_tensor(state["p"])
+        if p.shape != self.p.shape:
+            raise ValueError(
+                f"checkpointed p has {p.numel()} entries, this model {self.n}: was the training set changed?"
+            )
+        self.p = p.to("cpu", torch.float32).clone()
+        self.n_updates = int(state["n_updates"])
+        self._last = dict(state["last"])
+
+    @mark_as_saver
+    def _save(self, path) -> None:
+        torch.save(self.state_dict(), path)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch) -> None:
+        del end_of_epoch
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def __repr__(self) -> str:
+        return f"NoisyLabelModel(n={self.n}, enabled={self.enabled}, n_updates={self.n_updates})"

@@ -1,0 +1,211 @@
+"""The per-utterance pseudo-label state of SSRL stage 2 and its end-of-epoch update.
+
+``PseudoLabelState`` holds, for the N training utterances: the current labels ``y`` (what the student
+trains on), the label queues (``label_queue.PseudoLabelQueue``), the clean probabilities
+(``noisy_labels.NoisyLabelModel``), and the teacher's records of the running epoch (utterance index,
+nearest prototype ŷ, teacher loss λ). At the end of an epoch, ``end_epoch`` all-gathers the records
+from every DDP rank (so all ranks hold identical state), pushes ŷ into the queues, optionally replaces
+``y`` by the queue votes and lists the clusters that own no utterance (to be pruned), and refits the
+noisy-label GMM on λ.
+
+True speaker ids, when given, are used only by ``diagnostics`` (NMI, purity, accuracy, the clean
+detector's confusion counts) and never by any update.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+
+from speechbrain_ssrl.label_queue import PseudoLabelQueue, changed_fraction
+from speechbrain_ssrl.noisy_labels import NoisyLabelModel
+
+
+def _dist() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenation of ``t`` (1-D, any length per rank) over all DDP ranks, in rank order."""
+    if not _dist():
+        return t
+    backend = torch.distributed.get_backend()
+    dev = t.device if backend != "nccl" else torch.device("cuda", torch.cuda.current_device())
+    x = t.to(dev)
+    n = torch.tensor([x.numel()], device=dev)
+    sizes = [torch.zeros_like(n) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(sizes, n)
+    m = int(max(int(s) for s in sizes))
+    pad = torch.zeros(m, dtype=x.dtype, device=dev)
+    pad[: x.numel()] = x
+    out = [torch.zeros_like(pad) for _ in sizes]
+    torch.distributed.all_gather(out, pad)
+    return torch.cat([o[: int(s)] for o, s in zip(out, sizes)]).to(t.device)
+
+
+@register_checkpoint_hooks
+class PseudoLabelState:
+    """Labels, queues, clean probabilities and the running epoch's teacher records.
+
+    Args:
+        initial_labels: k-means labels y0 (N,).
+        n_clusters: K0 (number of prototypes).
+        queue_length: L (1 = no queue).
+        queue_tie: "oldest" or "newest" (tie rule of the vote).
+        noisy_label_model: False = the "without noisy-label modelling" ablation (all weights 1).
+        gmm_kwargs: passed to ``NoisyLabelModel``.
+    """
+
+    def __init__(
+        self,
+        initial_labels: torch.Tensor,
+        n_clusters: int,
+        queue_length: int = 5,
+        queue_tie: str = "oldest",
+        noisy_label_model: bool = True,
+        gmm_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        y0 = torch.as_tensor(initial_labels).to(torch.long).cpu()
+        self.n_clusters = int(n_clusters)
+        self.y0 = y0.clone()
+        self.labels = y0.clone()
+        self.queue = PseudoLabelQueue(y0, length=queue_length, tie=queue_tie)
+        self.noise = NoisyLabelModel(y0.numel(), enabled=noisy_label_model, **(gmm_kwargs or {}))
+        self.pruned = torch.zeros(self.n_clusters, dtype=torch.bool)
+        self._rec_idx: List[torch.Tensor] = []
+        self._rec_hat: List[torch.Tensor] = []
+        self._rec_loss: List[torch.Tensor] = []
+
+    @property
+    def n(self) -> int:
+        return self.labels.numel()
+
+    # ------------------------------------------------------------------ per batch
+    def targets(self, indices: torch.Tensor) -> torch.Tensor:
+        """Current labels of a batch (on the device of ``indices``)."""
+        return self.labels[indices.cpu()].to(indices.device)
+
+    def weights(self, indices: torch.Tensor) -> torch.Tensor:
+        """Clean probabilities of a batch (on the device of ``indices``)."""
+        return self.noise.weights(indices.cpu()).to(indices.device)
+
+    def teacher_targets(self, indices: torch.Tensor, y_hat: torch.Tensor, use_queue: bool) -> torch.Tensor:
+        """ỹ: ``mode(Q_n + [ŷ_n])`` in the label-update phase, else ŷ itself."""
+        if not use_queue:
+            return y_hat
+        out = self.queue.peek_vote(indices.cpu(), y_hat.cpu(), exclude=self.pruned)
+        out = torch.where(out < 0, y_hat.cpu(), out)
+        return out.to(y_hat.device)
+
+    def record(self, indices: torch.Tensor, y_hat: torch.Tensor, teacher_loss: torch.Tensor) -> None:
+        """Keeps the teacher's relabelling of a batch until the end of the epoch."""
+        self._rec_idx.append(indices.detach().to("cpu", torch.long))
+        self._rec_hat.append(y_hat.detach().to("cpu", torch.long))
+        self._rec_loss.append(teacher_loss.detach().float().cpu())
+
+    def n_recorded(self) -> int:
+        return sum(t.numel() for t in self._rec_idx)
+
+    # ------------------------------------------------------------------ end of epoch
+    def end_epoch(self, update_labels: bool, prune: bool) -> Dict[str, Any]:
+        """Gathers the records of all ranks, pushes them into the queues, updates labels / pruning / GMM.
+
+        Returns statistics and ``newly_pruned`` (LongTensor of cluster ids to prune in the classifiers).
+        """
+        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
+        idx = all_gather_cat(cat(self._rec_idx, torch.long))
+        hat = all_gather_cat(cat(self._rec_hat, torch.long))
+        loss = all_gather_cat(cat(self._rec_loss, torch.float32))
+        self._rec_idx, self._rec_hat, self._rec_loss = [], [], []
+        stats: Dict[str, Any] = {"n_relabelled": int(idx.numel())}
+        newly = torch.zeros(0, dtype=torch.long)
+        if idx.numel():
+            self.queue.push(idx, hat)
+            stats["hat_changed"] = changed_fraction(self.labels[idx], hat)
+        if update_labels:
+            old = self.labels
+            new = self.queue.vote(exclude=self.pruned)
+            new = torch.where(new < 0, old, new)
+            self.labels = new
+            stats["labels_changed"] = changed_fraction(old, new)
+            if prune:
+                owned = torch.zeros(self.n_clusters, dtype=torch.bool)
+                owned[new] = True
+                newly = torch.nonzero(~owned & ~self.pruned).flatten()
+                self.pruned |= ~owned
+        else:
+            stats["labels_changed"] = 0.0
+        if idx.numel() >= 2:
+            g = self.noise.update(idx, loss)
+            stats.update({"mean_p": g["mean_p"], "frac_noisy": g["frac_noisy"]})
+        else:
+            s = self.noise.stats()
+            stats.update({"mean_p": s["mean_p"], "frac_noisy": s["frac_noisy"]})
+        stats["n_clusters"] = int(torch.unique(self.labels).numel())
+        stats["n_pruned"] = int(self.pruned.sum())
+        stats["newly_pruned"] = newly
+        self._last_idx = idx
+        return stats
+
+    # ------------------------------------------------------------------ diagnostics (true labels)
+    def diagnostics(self, true_labels: torch.Tensor) -> Dict[str, Any]:
+        """NMI / purity / accuracy of the current labels and the clean detector's TP/FP/TN/FN.
+
+        A sample's label counts as "correct" when its cluster's majority true speaker is its own.
+        """
+        from speechbrain_ssrl.metrics import pseudo_label_report
+
+        t = torch.as_tensor(true_labels).to(torch.long).cpu()
+        rep = pseudo_label_report(self.labels, t)
+        out = {k: rep[k] for k in ("nmi", "ari", "purity", "accuracy") if k in rep}
+        # cluster → majority speaker
+        K, S = self.n_clusters, int(t.max()) + 1
+        counts = torch.zeros(K * S, dtype=torch.long).index_add_(0, self.labels * S + t, torch.ones_like(t))
+        major = counts.view(K, S).argmax(1)
+        correct = major[self.labels] == t
+        out["label_correct"] = float(correct.double().mean())
+        idx = getattr(self, "_last_idx", None)
+        if idx is not None and idx.numel() and self.noise.enabled:
+            out.update(self.noise.detector_confusion(idx, correct[idx]))
+        return out
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "y0": self.y0.clone(),
+            "labels": self.labels.clone(),
+            "pruned": self.pruned.clone(),
+            "n_clusters": self.n_clusters,
+            "queue": self.queue.state_dict(),
+            "noise": self.noise.state_dict(),
+            "rec_idx": torch.cat(self._rec_idx) if self._rec_idx else torch.zeros(0, dtype=torch.long),
+            "rec_hat": torch.cat(self._rec_hat) if self._rec_hat else torch.zeros(0, dtype=torch.long),
+            "rec_loss": torch.cat(self._rec_loss) if self._rec_loss else torch.zeros(0),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if int(state["n_clusters"]) != self.n_clusters or state["labels"].numel() != self.n:
+            raise ValueError(
+                f"checkpoint has N={state['labels'].numel()} utterances and K0={state['n_clusters']} clusters, "
+                f"this run N={self.n}, K0={self.n_clusters}: the training CSV or K0 changed; "
+                "use a new output_folder or restore the original settings"
+            )
+        self.y0 = state["y0"].clone()
+        self.labels = state["labels"].clone()
+        self.pruned = state["pruned"].clone()
+        self.queue.load_state_dict(state["queue"])
+        self.noise.load_state_dict(state["noise"])
+        self._rec_idx = [state["rec_idx"]] if state["rec_idx"].numel() else []
+        self._rec_hat = [state["rec_hat"]] if state["rec_hat"].numel() else []
+        self._rec_loss = [state["rec_loss"]] if state["rec_loss"].numel() else []
+
+    @mark_as_saver
+    def _save(self, path) -> None:
+        torch.save(self.state_dict(), path)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch) -> None:
+        del end_of_epoch
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -1,0 +1,53 @@
+"""Step-indexed schedules (learning rate, weight decay, temperatures).
+
+All schedules are pure functions of the global optimiser step, which ``Brain`` checkpoints
+(``brain.ckpt``), so a resumed run continues them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def cosine(step: float, total: float, start: float, end: float) -> float:
+    """Cosine from ``start`` (step 0) to ``end`` (step ``total`` and after)."""
+    if total <= 0:
+        return float(end)
+    t = min(max(step, 0), total) / total
+    return float(end + 0.5 * (start - end) * (1 + math.cos(math.pi * t)))
+
+
+class WarmupCosine:
+    """Linear warm-up from ~0 to ``base`` over ``warmup_steps``, then cosine to ``final`` at ``total_steps``."""
+
+    def __init__(self, base: float, final: float, warmup_steps: int, total_steps: int) -> None:
+        self.base, self.final = float(base), float(final)
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base * (step + 1) / self.warmup_steps
+        return cosine(step - self.warmup_steps, self.total_steps - self.warmup_steps, self.base, self.final)
+
+
+class TwoSegmentCosine:
+    """SSRL's learning rate: cosine ``fix_start → fix_end`` over the label-fixed steps, then
+    cosine ``upd_start → upd_end`` over the label-update steps."""
+
+    def __init__(self, fix_steps: int, total_steps: int, fix_start: float, fix_end: float, upd_start: float, upd_end: float) -> None:
+        self.fix_steps, self.total_steps = int(fix_steps), int(total_steps)
+        self.fix = (float(fix_start), float(fix_end))
+        self.upd = (float(upd_start), float(upd_end))
+
+    def __call__(self, step: int) -> float:
+        if step < self.fix_steps:
+            return cosine(step, self.fix_steps, *self.fix)
+        return cosine(step - self.fix_steps, self.total_steps - self.fix_steps, *self.upd)
+
+
+def set_lr(optimizer, lr: float, weight_decay: float = None) -> None:
+    """Sets the learning rate of every group (and the weight decay of groups that have one)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+        if weight_decay is not None and g.get("weight_decay", 0.0) != 0.0:
+            g["weight_decay"] = weight_decay

@@ -1,0 +1,119 @@
+"""Tests of speechbrain_ssrl.noisy_labels."""
+
+import math
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from speechbrain_ssrl.noisy_labels import NoisyLabelModel, clean_probability, fit_clean_gmm
+
+torch.set_num_threads(1)
+
+
+def _two_populations(n_clean=3000, n_noisy=1000, seed=0):
+    """Clean labels: small cross-entropies; noisy labels: large ones (log-normal populations)."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.exp(torch.randn(n_clean, generator=g) * 0.8 - 3.0)
+    noisy = torch.exp(torch.randn(n_noisy, generator=g) * 0.5 + 1.5)
+    losses = torch.cat([clean, noisy])
+    is_clean = torch.cat([torch.ones(n_clean, dtype=torch.bool), torch.zeros(n_noisy, dtype=torch.bool)])
+    perm = torch.randperm(losses.numel(), generator=g)
+    return losses[perm], is_clean[perm]
+
+
+def test_two_population_weights():
+    losses, is_clean = _two_populations()
+    fit = fit_clean_gmm(losses)
+    p = fit.p
+    assert p.shape == losses.shape and p.dtype == torch.float32
+    assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
+    assert roc_auc_score(is_clean.numpy(), p.numpy()) > 0.95
+    assert float(p[is_clean].mean()) > 0.9
+    assert float(p[~is_clean].mean()) < 0.1
+    # clean component first, in the log domain
+    assert fit.means[0] < fit.means[1]
+    assert abs(fit.means[0] - (-3.0)) < 0.2 and abs(fit.means[1] - 1.5) < 0.2
+    assert abs(fit.weights[0] - 0.75) < 0.05
+    assert fit.converged and fit.degenerate is None
+    # deterministic
+    assert torch.equal(clean_probability(losses), p)
+
+
+def test_clipping_bounds():
+    losses, _ = _two_populations()
+    losses[:5] = 0.0  # log(0 + eps) = -27.6, below the -20 floor
+    fit = fit_clean_gmm(losses)
+    assert fit.clip_low >= -20.0
+    u = torch.log(losses.double() + 1e-12)
+    assert math.isclose(fit.clip_high, float(torch.quantile(u, 0.999)), rel_tol=1e-9)
+    assert bool((fit.p[:5] > 0.5).all())
+
+
+def test_constant_input_gives_ones_with_warning():
+    with pytest.warns(UserWarning, match="not fitted"):
+        p = clean_probability(torch.full((100,), 0.7))
+    assert torch.equal(p, torch.ones(100))
+    with pytest.warns(UserWarning):
+        assert clean_probability(torch.tensor([2.0])).tolist() == [1.0]
+    assert clean_probability(torch.tensor([])).numel() == 0
+
+
+def test_nan_inf_negative_errors():
+    with pytest.raises(ValueError, match="NaN"):
+        clean_probability(torch.tensor([0.1, float("nan"), 0.3]))
+    with pytest.raises(ValueError, match="inf"):
+        clean_probability(torch.tensor([0.1, float("inf"), 0.3]))
+    with pytest.raises(ValueError, match=">= 0"):
+        clean_probability(torch.tensor([0.1, -1.0, 0.3]))
+
+
+def test_model_partial_update_keeps_others():
+    losses, is_clean = _two_populations(600, 200)
+    model = NoisyLabelModel(1000)
+    assert torch.equal(model.weights(torch.arange(1000)), torch.ones(1000))
+    idx = torch.arange(100, 900)
+    stats = model.update(idx, losses)
+    assert torch.equal(model.p[:100], torch.ones(100)) and torch.equal(model.p[900:], torch.ones(100))
+    assert torch.allclose(model.p[idx], clean_probability(losses))
+    assert stats["n_fitted"] == 800 and stats["gmm_mean_clean"] < stats["gmm_mean_noisy"]
+    assert 0.2 < stats["frac_noisy"] < 0.3 and stats["mean_p"] < 1.0
+    conf = model.detector_confusion(idx, is_clean)
+    assert sum(conf.values()) == 800
+    assert conf["TP"] + conf["FN"] == int(is_clean.sum())
+    assert (conf["TP"] + conf["TN"]) / 800 > 0.95
+    w = model.weights(torch.tensor([0, 150, 999]))
+    assert w[0] == 1.0 and w[2] == 1.0 and w.dtype == torch.float32
+
+
+def test_model_repeated_indices_count_once():
+    losses, _ = _two_populations(300, 100)
+    model = NoisyLabelModel(400)
+    idx = torch.cat([torch.arange(400), torch.tensor([0, 1])])  # DDP padding repeats
+    model.update(idx, torch.cat([losses, losses[:2]]))
+    assert model.stats()["n_fitted"] == 400
+    assert torch.allclose(model.p, clean_probability(losses))
+
+
+def test_model_disabled():
+    losses, _ = _two_populations(300, 100)
+    model = NoisyLabelModel(400, enabled=False)
+    stats = model.update(torch.arange(400), losses)
+    assert torch.equal(model.p, torch.ones(400))
+    assert stats["enabled"] is False and stats["mean_p"] == 1.0 and stats["frac_noisy"] == 0.0
+
+
+def test_model_state_round_trip(tmp_path):
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    losses, _ = _two_populations(300, 100)
+    model = NoisyLabelModel(500)
+    model.update(torch.arange(400), losses)
+    Checkpointer(tmp_path, {"noise": model}).save_checkpoint()
+    restored = NoisyLabelModel(500)
+    Checkpointer(tmp_path, {"noise": restored}).recover_if_possible()
+    assert torch.equal(restored.p, model.p)
+    assert restored.stats() == model.stats()
+    assert restored.n_updates == 1
+    with pytest.raises(ValueError):
+        NoisyLabelModel(3).load_state_dict(model.state_dict())
