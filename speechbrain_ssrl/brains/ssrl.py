@@ -90,6 +90,20 @@ class SSRLBrain(SSLBrainBase):
         fix_steps = int(h.fixed_label_epochs) * self.steps_per_epoch
         self.lr_schedule = TwoSegmentCosine(fix_steps, self.total_steps, h.lr_fix_start, h.lr_fix_end, h.lr_start, h.lr_final)
         self.momentum = LinearMomentum(h.ema_start, h.ema_end, self.total_steps)
+        if self.epoch == 0:
+            self.log_start()
+
+    def log_start(self) -> None:
+        """History row 0: the k-means labels and the DINO teacher before any SSRL step."""
+        from speechbrain.utils.distributed import if_main_process
+
+        if not if_main_process():
+            return
+        row: Dict[str, object] = {"epoch": 0, "n_clusters": int(torch.unique(self.state.labels).numel()), "phase": "start"}
+        if self.true_labels is not None:
+            row.update(self.state.diagnostics(self.true_labels))
+        row.update(self.validate())
+        self.history.log(row)
 
     def _sync_pruning(self) -> None:
         for clf in (self.hparams.classifier, self.hparams.teacher_classifier):

@@ -1,0 +1,55 @@
+"""Stage 2 (SSRL) recipe on a CI-size MiniVox: label updates, pruning, history, export, resume."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from recipe_utils import TINY_DINO, TINY_ECAPA, history, run_recipe
+
+
+@pytest.fixture(scope="module")
+def dino_ci(minivox_ci, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("dino_for_ssrl"))
+    run_recipe("train.py", "hparams/minivox/dino_ecapa.yaml", f"--data_folder={minivox_ci}", f"--output_folder={out}",
+               "--number_of_epochs=1", *TINY_DINO)
+    return out
+
+
+def test_ssrl_updates_labels_prunes_and_exports(minivox_ci, dino_ci, tmp_path):
+    out = str(tmp_path / "ssrl")
+    args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
+            "--fixed_label_epochs=2",
+            # a toy model moves slowly: a fast teacher and high lr make the labels change within 4 epochs
+            "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9", *TINY_ECAPA]
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
+    rows = history(out)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert rows[0]["phase"] == "start" and rows[0]["n_clusters"] == "24"
+    assert all(math.isfinite(float(r["loss"])) for r in rows[1:])
+    # labels fixed during the first two epochs, then replaced by the queue votes
+    assert float(rows[1]["labels_changed"]) == 0.0
+    assert max(float(r["labels_changed"]) for r in rows[2:]) > 0.0
+    assert int(rows[-1]["n_pruned"]) >= 1 and int(rows[-1]["n_clusters"]) < 24
+    for key in ("nmi", "purity", "accuracy", "mean_p", "TP", "eer"):
+        assert rows[-1][key] != "", key
+    for f in ("plots/n_clusters.png", "plots/label_quality.png", "plots/clean_probability.png",
+              "pretrained/hyperparams.yaml", "pretrained/embedding_model.ckpt", "initial_clustering/initial_clustering.pt"):
+        assert os.path.exists(os.path.join(out, f)), f
+    # the checkpoint holds the whole pseudo-label state
+    ckpts = [d for d in os.listdir(os.path.join(out, "save")) if d.startswith("CKPT+")]
+    state = torch.load(os.path.join(out, "save", ckpts[0], "pseudo_labels.ckpt"), weights_only=True)
+    assert state["pruned"].sum() == int(rows[-1]["n_pruned"])
+    # resume: one more epoch continues at epoch 5 with the restored state
+    proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=5")
+    assert "Going into epoch 1" not in proc.stdout + proc.stderr
+    rows = history(out)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3", "4", "5"]
+    assert int(rows[-1]["n_pruned"]) >= int(rows[-2]["n_pruned"])
+
+
+def test_ssrl_refuses_missing_dino_teacher(minivox_ci, tmp_path):
+    proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}",
+                      f"--dino_folder={tmp_path}", f"--output_folder={tmp_path / 'o'}", *TINY_ECAPA, check=False)
+    assert proc.returncode != 0 and "no usable teacher" in proc.stdout + proc.stderr

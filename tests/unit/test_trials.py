@@ -1,0 +1,105 @@
+"""Trial lists: reading, validation errors naming file and line, path resolution over several roots."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from speechbrain_ssrl.data.trials import (
+    Trial,
+    TrialListError,
+    read_trials,
+    resolve_trial_paths,
+    split_data_folders,
+    trial_files,
+    trial_speakers,
+    write_trials,
+)
+
+
+def _touch(root, rel):
+    path = os.path.join(root, "wav", *rel.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").close()
+    return path
+
+
+def test_read_write_roundtrip(tmp_path):
+    path = tmp_path / "veri_test2.txt"
+    path.write_text(
+        "# a comment\n"
+        "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav\n"
+        "\n"
+        "0  id10270/x6uYqmx31kE/00001.wav\tid10300/ize_eiCFEg0/00003.wav  \n"
+    )
+    trials = read_trials(path)
+    assert trials == [
+        Trial(1, "id10270/x6uYqmx31kE/00001.wav", "id10270/8jEAjG6SegY/00008.wav"),
+        Trial(0, "id10270/x6uYqmx31kE/00001.wav", "id10300/ize_eiCFEg0/00003.wav"),
+    ]
+    assert trials[1].enrol_spk == "id10270" and trials[1].test_spk == "id10300"
+    assert trial_speakers(trials) == {"id10270", "id10300"}
+    assert trial_files(trials) == [
+        "id10270/x6uYqmx31kE/00001.wav", "id10270/8jEAjG6SegY/00008.wav", "id10300/ize_eiCFEg0/00003.wav",
+    ]
+    out = tmp_path / "copy.txt"
+    write_trials(trials, out)
+    assert read_trials(out) == trials
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("1 a/b/c.wav", "expected '<0|1> <enrol.wav> <test.wav>'"),
+        ("1 a/b/c.wav a/b/d.wav extra", "4 fields"),
+        ("2 a/b/c.wav a/b/d.wav", "label must be 0 or 1"),
+        ("yes a/b/c.wav a/b/d.wav", "label must be 0 or 1"),
+        ("1 /abs/b/c.wav a/b/d.wav", "absolute"),
+        ("1 a/../c.wav a/b/d.wav", "'..'"),
+        ("1 c.wav a/b/d.wav", "not of the form"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "trials.txt"
+    path.write_text("1 a/b/c.wav a/b/d.wav\n" + line + "\n")
+    with pytest.raises(TrialListError) as err:
+        read_trials(path)
+    assert f"{path}, line 2" in str(err.value) and message in str(err.value)
+
+
+def test_empty_and_missing_lists(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    with pytest.raises(TrialListError, match="holds no trial"):
+        read_trials(empty)
+    with pytest.raises(FileNotFoundError, match="missing.txt does not exist"):
+        read_trials(tmp_path / "missing.txt")
+
+
+def test_resolve_over_several_roots(tmp_path):
+    r1, r2 = str(tmp_path / "vox1"), str(tmp_path / "vox2")
+    a = _touch(r1, "id1/v/00001.wav")
+    b = _touch(r2, "id2/v/00001.wav")
+    _touch(r2, "id1/v/00001.wav")  # the first root wins
+    trials = [Trial(0, "id1/v/00001.wav", "id2/v/00001.wav")]
+    for folders in ([r1, r2], f"{r1},{r2}", f" {r1} , {r2} "):
+        assert resolve_trial_paths(trials, folders) == {"id1/v/00001.wav": a, "id2/v/00001.wav": b}
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_trial_paths(trials, r1, trials_file="my_trials.txt")
+    msg = str(err.value)
+    assert "1 file(s) named by the trial list my_trials.txt" in msg and "id2/v/00001.wav" in msg
+    assert os.path.join(r1, "wav") in msg and "Fix" in msg
+
+
+def test_split_data_folders(tmp_path):
+    assert split_data_folders("a,b") == [os.path.abspath("a"), os.path.abspath("b")]
+    assert split_data_folders(tmp_path) == [str(tmp_path)]
+    with pytest.raises(ValueError, match="no data folder"):
+        split_data_folders(" , ")
+
+
+def test_minivox_trials_resolve(minivox_ci):
+    trials = read_trials(os.path.join(minivox_ci, "veri_test2.txt"))
+    paths = resolve_trial_paths(trials, minivox_ci)
+    assert len(paths) == len(trial_files(trials)) and all(os.path.isfile(p) for p in paths.values())
