@@ -51,3 +51,67 @@ class RandomAugment(torch.nn.Module):
             y = y[..., : x.shape[-1]] if y.shape[-1] >= x.shape[-1] else torch.nn.functional.pad(y, (0, x.shape[-1] - y.shape[-1]))
             out[sel_d] = y.to(out.dtype)
         return out
+
+
+class RandomEQ(torch.nn.Module):
+    """Random channel colouring: a smooth random gain curve applied in the frequency domain, per sample.
+
+    Recording channels (microphone, codec, room) colour the spectrum of a whole session; two crops of one
+    utterance share it, so a self-supervised model can match them by their channel instead of their
+    speaker. This augmentation draws, per sample, gains uniform in ``±max_gain_db`` at ``n_points``
+    log-spaced frequencies (interpolated in log-frequency), plus a random high-pass below
+    ``highpass_max_hz`` and low-pass above ``lowpass_min_hz``; the output keeps the input's RMS.
+    """
+
+    def __init__(
+        self,
+        max_gain_db: float = 8.0,
+        n_points: int = 6,
+        sample_rate: int = 16000,
+        highpass_max_hz: float = 300.0,
+        lowpass_min_hz: float = 3500.0,
+    ) -> None:
+        super().__init__()
+        self.max_gain_db = float(max_gain_db)
+        self.n_points = int(n_points)
+        self.sample_rate = int(sample_rate)
+        self.highpass_max_hz = float(highpass_max_hz)
+        self.lowpass_min_hz = float(lowpass_min_hz)
+
+    def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, T = wavs.shape
+        dev = wavs.device
+        x = wavs.float()
+        spec = torch.fft.rfft(x, dim=-1)
+        freqs = torch.fft.rfftfreq(T, d=1.0 / self.sample_rate).to(dev)
+        nyq = self.sample_rate / 2
+        logf = torch.log(freqs.clamp(min=50.0))
+        knots = torch.linspace(float(torch.log(torch.tensor(50.0))), float(torch.log(torch.tensor(nyq))), self.n_points, device=dev)
+        gains_db = (torch.rand(B, self.n_points, device=dev) * 2 - 1) * self.max_gain_db
+        # linear interpolation of the knot gains in log-frequency
+        pos = ((logf - knots[0]) / (knots[-1] - knots[0]) * (self.n_points - 1)).clamp(0, self.n_points - 1)
+        lo = pos.floor().long().clamp(max=self.n_points - 2)
+        frac = pos - lo.float()
+        curve_db = gains_db[:, lo] * (1 - frac) + gains_db[:, lo + 1] * frac
+        hp = torch.rand(B, 1, device=dev) * self.highpass_max_hz
+        lp = self.lowpass_min_hz + torch.rand(B, 1, device=dev) * (nyq - self.lowpass_min_hz)
+        f = freqs.unsqueeze(0)
+        shape = 1.0 / (1.0 + (hp / f.clamp(min=1.0)) ** 4) / (1.0 + (f / lp) ** 8)  # 2nd/4th-order-like skirts
+        gain = (10.0 ** (curve_db / 20.0)) * shape
+        y = torch.fft.irfft(spec * gain, n=T, dim=-1)
+        rms_in = x.pow(2).mean(-1, keepdim=True).sqrt()
+        rms_out = y.pow(2).mean(-1, keepdim=True).sqrt().clamp(min=1e-8)
+        return (y * rms_in / rms_out).to(wavs.dtype)
+
+
+class AugmentChain(torch.nn.Module):
+    """Applies several augmenters in turn (e.g. a channel ``RandomAugment`` then a noise/reverb one)."""
+
+    def __init__(self, augmentations: Sequence[torch.nn.Module] = ()) -> None:
+        super().__init__()
+        self.augmentations = torch.nn.ModuleList(list(augmentations))
+
+    def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        for aug in self.augmentations:
+            wavs = aug(wavs, lengths)
+        return wavs

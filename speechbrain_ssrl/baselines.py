@@ -79,6 +79,7 @@ def mfcc_baseline(
     n_mfcc: int = 20,
     norm: str = "meanvar",
     progress: bool = True,
+    scores_file: Optional[str] = None,
 ) -> Dict[str, float]:
     """Scores the trial list with the MFCC mean+std cosine baseline.
 
@@ -87,6 +88,8 @@ def mfcc_baseline(
         trials_file: ``veri_test2.txt``-format list (default: ``<first root>/veri_test2.txt``).
         n_mfcc: coefficients c1..c{n_mfcc} are used (c0 dropped).
         norm: ``"meanvar"`` (default: mean and variance normalised over the test set) or ``"mean"``.
+        scores_file: optional path for the per-trial scores (``enrol test label score`` lines, the
+            format of ``evaluate.py``'s ``scores_<list>.txt``, for paired comparisons).
     Returns:
         ``eer`` and ``eer_se`` (%), ``min_dcf_0.01``, ``min_dcf_0.05``, ``n_trials``,
         ``n_target_trials``, ``n_utterances``, ``seconds``.
@@ -104,6 +107,11 @@ def mfcc_baseline(
     b = torch.tensor([index[t.test] for t in trials])
     scores = scoring.cosine_scores(emb[a], emb[b]).numpy().astype(np.float64)
     labels = np.array([t.label for t in trials])
+    if scores_file:
+        os.makedirs(os.path.dirname(os.path.abspath(scores_file)), exist_ok=True)
+        with open(scores_file, "w", encoding="utf-8") as f:
+            for t, v in zip(trials, scores.tolist()):
+                f.write(f"{t.enrol} {t.test} {t.label} {v:.6f}\n")
     res: Dict[str, float] = dict(
         scoring.eer_with_se(scores, labels, [t.enrol_spk for t in trials], [t.test_spk for t in trials])
     )
@@ -125,13 +133,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     ap.add_argument("--data_folder", required=True, help="corpus root(s) holding wav/ (comma-separated)")
     ap.add_argument("--trials", default=None, help="trial list (default: <data_folder>/veri_test2.txt)")
     ap.add_argument("--out", default=None, help="write the results to this JSON file")
+    ap.add_argument("--scores", default=None, help="write per-trial scores (enrol test label score) to this file")
     ap.add_argument("--n_mfcc", type=int, default=20)
     ap.add_argument("--norm", choices=["meanvar", "mean"], default="meanvar",
                     help="normalisation over the test set (default: mean and variance)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
-    res = mfcc_baseline(a.data_folder, a.trials, n_mfcc=a.n_mfcc, norm=a.norm)
+    res = mfcc_baseline(a.data_folder, a.trials, n_mfcc=a.n_mfcc, norm=a.norm, scores_file=a.scores)
     name = os.path.basename(a.trials) if a.trials else "veri_test2.txt"
     print(
         f"MFCC mean+std cosine on {name}: EER {res['eer']:.2f} ± {res['eer_se']:.2f} % "

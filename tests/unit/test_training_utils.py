@@ -101,3 +101,18 @@ def test_history_replaces_epoch_and_plots(tmp_path):
     assert len(files) == 2 and all(os.path.getsize(f) > 1000 for f in files)
     h.truncate(1)
     assert len(h.rows()) == 1
+
+
+def test_random_eq_colours_spectrum_keeps_rms():
+    from speechbrain_ssrl.augment import AugmentChain, RandomEQ
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 16000)
+    y = RandomEQ(max_gain_db=10)(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert torch.allclose(y.pow(2).mean(-1), x.pow(2).mean(-1), rtol=1e-3)
+    X, Y = torch.fft.rfft(x).abs(), torch.fft.rfft(y).abs()
+    ratio = (Y[:, 100:7000] / X[:, 100:7000].clamp(min=1e-6)).log()
+    assert ratio.std() > 0.1  # the spectrum was reshaped, not just rescaled
+    chain = AugmentChain([RandomAugment([RandomEQ()], prob=1.0), RandomAugment([RandomEQ()], prob=0.0)])
+    assert chain(x).shape == x.shape

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""`make demo`: MiniVox (demo size) → MFCC baseline → random-init ECAPA → DINO → SSRL → evaluation.
+
+Every step is a command a user could type (shown in the log); each is skipped when its output is
+complete and resumes from its checkpoint when interrupted, so re-running the demo continues where it
+stopped. Prints and writes a results table (``<out>/results.md``, ``<out>/results.json``) with EER ±
+leave-one-test-speaker-out standard error, minDCF, the pseudo-label quality (NMI, clusters) and wall
+times. Uses the GPU when one is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "recipes", "VoxCeleb", "SSRL")
+
+
+def sh(cmd, cwd=None, log=None):
+    print("\n$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(log, "a") if log else open(os.devnull, "w") as lf:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in proc.stdout:
+            lf.write(line)
+            if not line.startswith("\r") and "it/s" not in line and "s/it" not in line:
+                sys.stdout.write(line)
+        rc = proc.wait()
+    if rc != 0:
+        raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}\n(see {log})")
+    return time.time() - t0
+
+
+def load_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def history(folder):
+    path = os.path.join(folder, "history.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_scores(path):
+    """scores_<list>.txt lines: enrol test label score."""
+    enrol, test, lab, sc = [], [], [], []
+    with open(path) as f:
+        for line in f:
+            e, t, l, s = line.split()
+            enrol.append(e.split("/")[0]); test.append(t.split("/")[0]); lab.append(int(l)); sc.append(float(s))
+    return np.array(enrol), np.array(test), np.array(lab), np.array(sc)
+
+
+def paired_difference(scores_a, scores_b):
+    """EER(a) − EER(b) in points with its leave-one-test-speaker-out standard error (same trials)."""
+    from speechbrain_ssrl.scoring import eer_of_trials, leave_one_speaker_out
+
+    ea, ta, la, sa = read_scores(scores_a)
+    _, _, lb, sb_ = read_scores(scores_b)
+    if not np.array_equal(la, lb):
+        raise ValueError(f"{scores_a} and {scores_b} do not score the same trials")
+    value, se, _ = leave_one_speaker_out(lambda m: eer_of_trials(sa[m], la[m]) - eer_of_trials(sb_[m], la[m]), ea, ta)
+    return value, se
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="data/minivox_demo")
+    ap.add_argument("--out", default="results/demo")
+    ap.add_argument("--size", default="demo", help="MiniVox size (ci, demo, large)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="default: cuda:0 when available, else cpu")
+    ap.add_argument("--precision", default=None, help="fp32/bf16 (default: bf16 on a GPU, fp32 on the CPU)")
+    ap.add_argument("--dino_epochs", type=int, default=None)
+    ap.add_argument("--ssrl_epochs", type=int, default=None)
+    ap.add_argument("--extra", nargs="*", default=[], help="extra --key=value overrides for both training runs")
+    a = ap.parse_args()
+    import torch
+
+    device = a.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    precision = a.precision or ("bf16" if device.startswith("cuda") else "fp32")
+    data, out = os.path.abspath(a.data), os.path.abspath(a.out)
+    os.makedirs(out, exist_ok=True)
+    log = os.path.join(out, "demo_log.txt")
+    py = sys.executable
+    env_threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))}
+    os.environ.update(env_threads)
+    timings = {}
+    t_start = time.time()
+
+    # 1. corpus
+    timings["minivox_build"] = sh([py, "-m", "speechbrain_ssrl.data.minivox", "--size", a.size, "--out", data, "--seed", str(a.seed)], log=log)
+    # 2. MFCC yardstick
+    mfcc_json = os.path.join(out, "mfcc", "results.json")
+    if not os.path.exists(mfcc_json):
+        timings["mfcc"] = sh([py, "-m", "speechbrain_ssrl.baselines", "--data_folder", data, "--out", mfcc_json,
+                              "--scores", os.path.join(out, "mfcc", "scores_veri_test2.txt")], log=log)
+    common = [f"--data_folder={data}", f"--device={device}", f"--precision={precision}"] + list(a.extra)
+    runs = {
+        "random_init": ["hparams/minivox/dino_ecapa.yaml", "--number_of_epochs=0", "--validate_every=0"],
+        "dino": ["hparams/minivox/dino_ecapa.yaml"] + ([f"--number_of_epochs={a.dino_epochs}"] if a.dino_epochs else []),
+        "ssrl": ["hparams/minivox/ssrl_ecapa.yaml", f"--dino_folder={os.path.join(out, 'dino')}"]
+        + ([f"--number_of_epochs={a.ssrl_epochs}"] if a.ssrl_epochs else []),
+    }
+    results = {}
+    for name, args in runs.items():
+        folder = os.path.join(out, name)
+        if not os.path.exists(os.path.join(folder, "pretrained", "embedding_model.ckpt")):
+            timings[f"train_{name}"] = sh([py, "train.py", args[0], f"--output_folder={folder}", *common, *args[1:]], cwd=RECIPE, log=log)
+        res_json = os.path.join(folder, "results.json")
+        if not os.path.exists(res_json):
+            timings[f"eval_{name}"] = sh([py, "evaluate.py", "hparams/verification.yaml", f"--model={folder}/pretrained",
+                                          f"--data_folder={data}", f"--trials={data}/veri_test2.txt", f"--output_folder={folder}",
+                                          f"--device={device}"], cwd=RECIPE, log=log)
+        results[name] = next(iter(load_json(res_json).values()))
+    results["mfcc"] = next(iter(load_json(mfcc_json).values()))
+
+    # table
+    h_ssrl, h_dino = history(os.path.join(out, "ssrl")), history(os.path.join(out, "dino"))
+    init = load_json(os.path.join(out, "ssrl", "initial_clustering", "report.json")) if os.path.exists(
+        os.path.join(out, "ssrl", "initial_clustering", "report.json")) else {}
+    meta = load_json(os.path.join(data, "build_info.json")).get("stats", {})
+    lines = ["| system | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | clusters | train wall (min) |",
+             "|---|---|---|---|---|---|---|"]
+    labels = {"mfcc": "MFCC mean+std, cosine", "random_init": "ECAPA, random init (BN re-estimated)",
+              "dino": "DINO teacher (stage 1)", "ssrl": "SSRL teacher (stage 2)"}
+    wall = {k: timings.get(f"train_{k}") for k in runs}
+    for name in ("mfcc", "random_init", "dino", "ssrl"):
+        r = results[name]
+        nmi = clusters = "-"
+        if name == "ssrl" and h_ssrl:
+            nmi = f"{float(h_ssrl[0].get('nmi') or 'nan'):.3f} → {float(h_ssrl[-1].get('nmi') or 'nan'):.3f}"
+            clusters = f"{h_ssrl[0].get('n_clusters')} → {h_ssrl[-1].get('n_clusters')}"
+        w = f"{wall[name] / 60:.1f}" if wall.get(name) else ("-" if name == "mfcc" else "(cached)")
+        lines.append(f"| {labels[name]} | {r['eer']:.2f} ± {r.get('eer_se', float('nan')):.2f} | {r['min_dcf_0.01']:.3f} | "
+                     f"{r['min_dcf_0.05']:.3f} | {nmi} | {clusters} | {w} |")
+    diffs = {}
+    s = lambda n: os.path.join(out, n, "scores_veri_test2.txt")  # noqa: E731
+    for x, y in (("ssrl", "dino"), ("ssrl", "mfcc"), ("dino", "mfcc"), ("dino", "random_init")):
+        if os.path.exists(s(x)) and os.path.exists(s(y)):
+            diffs[f"{x} - {y}"] = paired_difference(s(x), s(y))
+    lines.append("")
+    lines.append("Paired EER differences (points, leave-one-test-speaker-out SE; 'holds' = |diff| > 2 SE):")
+    for k, (v, se) in diffs.items():
+        lines.append(f"- {k}: {v:+.2f} ± {se:.2f} ({'holds' if abs(v) > 2 * se else 'within 2 SE'})")
+    true_spk = meta.get("train_speakers")
+    if h_ssrl:
+        lines.append(f"- SSRL clusters: K0 = {h_ssrl[0].get('n_clusters')} at the start, {h_ssrl[-1].get('n_clusters')} at the end; "
+                     f"true training speakers: {true_spk}")
+    total = time.time() - t_start
+    lines.append(f"- device {device}, precision {precision}; demo wall time this invocation {total / 60:.1f} min")
+    table = "\n".join(lines)
+    print("\n" + table)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"results": results, "paired_differences": {k: {"diff": v, "se": se} for k, (v, se) in diffs.items()},
+                   "timings_seconds": timings, "device": device, "precision": precision, "corpus": meta,
+                   "initial_clustering": init}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
