@@ -51,10 +51,12 @@ class History:
                 os.remove(self.path)
             return
         cols = list(rows[0].keys())
-        with open(self.path, "w", newline="") as f:
+        tmp = self.path + ".tmp"  # atomic: a kill while truncating keeps the old file
+        with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
             w.writerows(rows)
+        os.replace(tmp, self.path)
 
 
 def _fmt(v: object) -> object:

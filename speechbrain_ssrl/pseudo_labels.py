@@ -108,6 +108,16 @@ class PseudoLabelState:
     def n_recorded(self) -> int:
         return sum(t.numel() for t in self._rec_idx)
 
+    def record_mark(self) -> int:
+        """A position in the running epoch's records (take it before a batch; see ``discard_records``)."""
+        return len(self._rec_idx)
+
+    def discard_records(self, mark: int) -> int:
+        """Drops the records made since ``record_mark()`` returned ``mark`` (a skipped batch); returns how many."""
+        n = sum(t.numel() for t in self._rec_idx[mark:])
+        del self._rec_idx[mark:], self._rec_hat[mark:], self._rec_loss[mark:]
+        return n
+
     # ------------------------------------------------------------------ end of epoch
     def end_epoch(self, update_labels: bool, prune: bool) -> Dict[str, Any]:
         """Gathers the records of all ranks, pushes them into the queues, updates labels / pruning / GMM.

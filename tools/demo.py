@@ -31,7 +31,7 @@ def sh(cmd, cwd=None, log=None):
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in proc.stdout:
             lf.write(line)
-            if not line.startswith("\r") and "it/s" not in line and "s/it" not in line:
+            if "%|" not in line and "it/s" not in line and "s/it" not in line:
                 sys.stdout.write(line)
         rc = proc.wait()
     if rc != 0:

@@ -25,12 +25,17 @@ import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process
 
 from speechbrain_ssrl.bn_recalibration import recalibrate_bn
+from speechbrain_ssrl.checkpoints import RNGState
 from speechbrain_ssrl.data.views import clean_crop_batches, read_csv_rows
 from speechbrain_ssrl.history import History, plot_history
 
 logger = logging.getLogger(__name__)
 
 ECAPA_KEYS = ("channels", "kernel_sizes", "dilations", "attention_channels", "res2net_scale", "se_channels", "groups")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row (``max_nonfinite_in_a_row``): training stopped."""
 
 
 def ddp_world_size() -> int:
@@ -76,8 +81,28 @@ class SSLBrainBase(sb.Brain):
             p.requires_grad_(False)
         self.history = History(os.path.join(self.hparams.output_folder, "history.csv"))
         epoch = self.hparams.epoch_counter.current
-        self.history.truncate(epoch)  # rows of epochs after the recovered checkpoint are re-done
+        if if_main_process():  # (every rank rewriting the file at once loses rows under DDP)
+            self.history.truncate(epoch)  # rows of epochs after the recovered checkpoint are re-done
         self._epoch_start = time.time()
+
+    def _wrap_distributed(self):
+        """DDP-wraps the trainable modules; SyncBatchNorm only when ``sync_batchnorm`` is set and on CUDA.
+
+        (SpeechBrain always converts to SyncBatchNorm, which PyTorch refuses on CPU / gloo.)
+        """
+        if not self.distributed_launch:
+            return super()._wrap_distributed()
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        sync_bn = bool(getattr(self.hparams, "sync_batchnorm", False)) and str(self.device).startswith("cuda")
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                if sync_bn:
+                    module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+                on_cuda = str(self.device).startswith("cuda")
+                self.modules[name] = DDP(
+                    module, device_ids=[self.device] if on_cuda else None, find_unused_parameters=self.find_unused_parameters
+                )
 
     # ------------------------------------------------------------------ model
     def features(self, wavs: torch.Tensor, lens: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -102,6 +127,72 @@ class SSLBrainBase(sb.Brain):
                 return self.embed(model, wavs.to(self.device), lens.to(self.device)).float()
 
         return fn
+
+    # ------------------------------------------------------------------ faults and exact resume
+    def _rng_states(self) -> List[RNGState]:
+        ckpt = self.checkpointer
+        return [o for o in ckpt.recoverables.values() if isinstance(o, RNGState)] if ckpt is not None else []
+
+    def _fit_train(self, train_set, epoch, enable):
+        for rng in self._rng_states():  # state of an end-of-epoch checkpoint: due before the epoch's loader
+            rng.apply_pending("epoch")
+        return super()._fit_train(train_set, epoch, enable)
+
+    def fit_batch(self, batch):
+        """``Brain.fit_batch`` that skips a batch with a non-finite loss: no backward, no optimiser step, no
+        ``on_fit_batch_end`` (EMA / centre updates) and no pseudo-label record; ``max_nonfinite_in_a_row``
+        (hparams, default 5) such batches in a row stop the run with ``NonFiniteLossError``."""
+        for rng in self._rng_states():  # state of an intra-epoch checkpoint: due at the next batch
+            rng.apply_pending("batch")
+        should_step = (self.step % self.grad_accumulation_factor) == 0
+        self.on_fit_batch_start(batch, should_step)
+        state = getattr(self, "state", None)
+        mark = state.record_mark() if hasattr(state, "record_mark") else None
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                outputs = self.compute_forward(batch, sb.Stage.TRAIN)
+                loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
+            if not self._loss_finite_everywhere(loss):
+                if mark is not None:
+                    state.discard_records(mark)
+                if should_step:  # the accumulation window ends here: drop its gradients
+                    self.zero_grad(set_to_none=True)
+                self._nonfinite_loss(loss)
+                return loss.detach().cpu()
+            self.scaler.scale(loss / self.grad_accumulation_factor).backward()
+        self.nonfinite_in_a_row = 0
+        if should_step:
+            self.optimizers_step()
+        self.on_fit_batch_end(batch, outputs, loss, should_step)
+        return loss.detach().cpu()
+
+    def _loss_finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every DDP rank (all ranks skip together, or none)."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = bool(flag.item() > 0)
+        return not bad
+
+    def _nonfinite_loss(self, loss: torch.Tensor) -> None:
+        n = self.nonfinite_in_a_row = getattr(self, "nonfinite_in_a_row", 0) + 1
+        limit = int(getattr(self.hparams, "max_nonfinite_in_a_row", 5) or 5)
+        epoch = self.hparams.epoch_counter.current
+        value = loss.detach().float().flatten()[0].item() if loss.numel() else float("nan")
+        logger.warning(
+            "non-finite loss (%s) at epoch %d, batch %d: step skipped (no backward, optimiser step, teacher/centre "
+            "update or pseudo-label record); %d in a row (the run stops at max_nonfinite_in_a_row=%d)",
+            value, epoch, self.step, n, limit,
+        )
+        if n >= limit:
+            where = getattr(self.checkpointer, "checkpoints_dir", None)
+            raise NonFiniteLossError(
+                f"{n} non-finite losses in a row (max_nonfinite_in_a_row={limit}) at epoch {epoch}, batch {self.step}: "
+                f"training stopped. The last checkpoint{f' in {where}' if where else ''} is intact. Likely causes: "
+                "too high a learning rate, fp16 overflow (try --precision=bf16 or fp32), broken audio in the training "
+                "CSV. Fix the cause and re-run the same command to resume from that checkpoint."
+            )
 
     # ------------------------------------------------------------------ optimisation
     def optimizers_step(self):
@@ -176,6 +267,8 @@ class SSLBrainBase(sb.Brain):
 
     def end_of_epoch(self, stage_loss: float, epoch: int) -> Dict[str, object]:
         """Validation, logs, history, plots and the end-of-epoch checkpoint (call from ``on_stage_end``)."""
+        for rng in self._rng_states():  # an intra-epoch checkpoint taken after the epoch's last batch
+            rng.apply_pending("batch")
         stats: Dict[str, object] = {"epoch": epoch, "loss": float(stage_loss)}
         stats["lr"] = float(self.optimizer.param_groups[0]["lr"])
         stats.update(self.epoch_stats())
@@ -188,15 +281,19 @@ class SSLBrainBase(sb.Brain):
             valid = self.validate()
             valid["valid_seconds"] = round(time.time() - t0, 1)
         stats.update(valid)
+        # every rank calls log_stats: it is @main_process_only and broadcasts its result, so a call on the main
+        # process alone desynchronises the next collective (the checkpoint save) under DDP
+        self.hparams.train_logger.log_stats(
+            stats_meta={"epoch": epoch, "lr": stats["lr"]},
+            train_stats={k: v for k, v in stats.items() if k not in ("epoch", "lr") and k not in valid},
+            valid_stats={k: v for k, v in valid.items() if v is not None} or None,
+        )
         if if_main_process():
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": stats["lr"]},
-                train_stats={k: v for k, v in stats.items() if k not in ("epoch", "lr") and k not in valid},
-                valid_stats={k: v for k, v in valid.items() if v is not None} or None,
-            )
             self.history.log(stats)
             plot_history(self.history.path, os.path.join(self.hparams.output_folder, "plots"), self.plot_groups)
         meta = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))}
+        # the epoch is over: the next one starts at step 0 with a fresh loss average, also after a resume
+        self.step, self.avg_train_loss = 0, 0.0
         self.checkpointer.save_and_keep_only(meta=meta, num_to_keep=1)
         self._epoch_start = time.time()
         return stats

@@ -205,3 +205,21 @@ class SSRLBrain(SSLBrainBase):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.end_of_epoch(stage_loss, epoch)
+
+    def dump_rank_state(self, folder: str) -> str:
+        """Saves this process's pseudo-label state and teacher (``rank<r>.pt``): a DDP consistency check."""
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"rank{rank}.pt")
+        torch.save(
+            {
+                "labels": self.state.labels.clone(),
+                "queues": self.state.queue.state_dict()["queues"],
+                "p": self.state.noise.p.clone(),
+                "pruned": self.state.pruned.clone(),
+                "teacher": {k: v.detach().cpu().clone() for k, v in self.teacher.state_dict().items()},
+                "teacher_classifier": {k: v.detach().cpu().clone() for k, v in self.hparams.teacher_classifier.state_dict().items()},
+            },
+            path,
+        )
+        return path

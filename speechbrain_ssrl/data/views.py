@@ -6,6 +6,9 @@
 * ``multicrop_dataset`` (DINO): ``global_views`` (B, n_global, T_g) and ``local_views`` (B, n_local, T_l).
 * ``student_teacher_dataset`` (SSRL): a short ``student_view`` and a long ``teacher_view`` of the same
   utterance, plus the utterance's ``index`` (its row in the CSV), which the pseudo-label state uses.
+* An audio file that fails to decode during training (or yields non-finite samples) is logged and
+  replaced by the next row of the CSV that decodes (``read_with_fallback``); the item then carries that
+  row's ``index`` and crops, so pseudo labels stay consistent and a re-run draws the same replacement.
 
 The ``spk_id`` column is never read here: self-supervised training must not see speaker labels.
 """
@@ -76,11 +79,58 @@ def read_csv_rows(csv_path: str) -> List[Dict[str, str]]:
     return rows
 
 
-def _dataset(csv_path: str) -> Tuple[DynamicItemDataset, Dict[str, int]]:
+#: rows tried (the failing one and the next ones, cyclically) before a decoding failure is fatal
+MAX_DECODE_TRIES = 16
+_reported_bad_files: set = set()
+
+
+def read_with_fallback(rows: Sequence[Dict[str, str]], index: int, read_fn, max_tries: int = MAX_DECODE_TRIES):
+    """``(j, read_fn(j))`` for the first row ``j`` of ``index, index+1, ...`` (cyclic) that decodes.
+
+    ``read_fn(j)`` returns a tensor or a tuple of tensors; an exception or a non-finite sample counts as
+    a decoding failure. Each failure is logged with the file (a warning the first time per process).
+    Raises RuntimeError when ``max_tries`` rows in a row fail (a corpus problem, not a bad file).
+    """
+    n = len(rows)
+    errors = []
+    for k in range(min(int(max_tries), n)):
+        j = (int(index) + k) % n
+        try:
+            out = read_fn(j)
+            parts = out if isinstance(out, (tuple, list)) else (out,)
+            if not all(bool(torch.isfinite(t).all()) for t in parts):
+                raise ValueError("non-finite samples")
+        except Exception as e:  # noqa: BLE001 - any decoding problem of one file
+            path = rows[j].get("wav", "?")
+            errors.append(f"{path}: {type(e).__name__}: {e}")
+            level = logging.DEBUG if path in _reported_bad_files else logging.WARNING
+            _reported_bad_files.add(path)
+            logger.log(
+                level,
+                "could not decode %s (CSV row %d, ID %s): %s: %s; using the next row instead",
+                path, j, rows[j].get("ID", "?"), type(e).__name__, e,
+            )
+            continue
+        if k:
+            logger.log(
+                logging.DEBUG if (index, j) in _reported_bad_files else logging.WARNING,
+                "row %d (ID %s) replaced by row %d (ID %s, %s) in this batch",
+                index, rows[index].get("ID", "?"), j, rows[j].get("ID", "?"), rows[j].get("wav", "?"),
+            )
+            _reported_bad_files.add((index, j))
+        return j, out
+    raise RuntimeError(
+        f"{len(errors)} consecutive training files (from CSV row {index}) could not be decoded:\n  "
+        + "\n  ".join(errors)
+        + "\nCheck the corpus (disk, mount, conversion) and re-run the data preparation."
+    )
+
+
+def _dataset(csv_path: str) -> Tuple[DynamicItemDataset, Dict[str, int], List[Dict[str, str]]]:
     rows = read_csv_rows(csv_path)
     index_of = {r["ID"]: i for i, r in enumerate(rows)}
     ds = DynamicItemDataset.from_csv(csv_path)
-    return ds, index_of
+    return ds, index_of, rows
 
 
 def multicrop_dataset(
@@ -93,21 +143,25 @@ def multicrop_dataset(
     sample_rate: int = 16000,
 ) -> DynamicItemDataset:
     """DINO views: ``global_views`` (n_global, T_g) and ``local_views`` (n_local, T_l) per utterance."""
-    ds, index_of = _dataset(csv_path)
+    ds, index_of, rows = _dataset(csv_path)
     ng, nl = int(round(global_seconds * sample_rate)), int(round(local_seconds * sample_rate))
+
+    def read(j: int):
+        wav, start, stop = rows[j]["wav"], int(rows[j]["start"]), int(rows[j]["stop"])
+        g = torch.stack([read_crop(wav, start, stop, ng, sampler.rng(j, v)) for v in range(n_global)])
+        if n_local > 0:
+            loc = torch.stack([read_crop(wav, start, stop, nl, sampler.rng(j, n_global + v)) for v in range(n_local)])
+        else:
+            loc = torch.zeros(0, nl)
+        return g, loc
 
     @sb.utils.data_pipeline.takes("id", "wav", "start", "stop")
     @sb.utils.data_pipeline.provides("index", "global_views", "local_views")
     def views(uid, wav, start, stop):
-        idx = index_of[uid]
+        idx, (g, loc) = read_with_fallback(rows, index_of[uid], read)
         yield idx
-        yield torch.stack([read_crop(wav, int(start), int(stop), ng, sampler.rng(idx, v)) for v in range(n_global)])
-        if n_local > 0:
-            yield torch.stack(
-                [read_crop(wav, int(start), int(stop), nl, sampler.rng(idx, n_global + v)) for v in range(n_local)]
-            )
-        else:
-            yield torch.zeros(0, nl)
+        yield g
+        yield loc
 
     sb.dataio.dataset.add_dynamic_item([ds], views)
     ds.set_output_keys(["id", "index", "global_views", "local_views"])
@@ -122,16 +176,20 @@ def student_teacher_dataset(
     sample_rate: int = 16000,
 ) -> DynamicItemDataset:
     """SSRL views: a short ``student_view`` and a long clean ``teacher_view`` of the same utterance."""
-    ds, index_of = _dataset(csv_path)
+    ds, index_of, rows = _dataset(csv_path)
     ns, nt = int(round(student_seconds * sample_rate)), int(round(teacher_seconds * sample_rate))
+
+    def read(j: int):
+        wav, start, stop = rows[j]["wav"], int(rows[j]["start"]), int(rows[j]["stop"])
+        return read_crop(wav, start, stop, ns, sampler.rng(j, 0)), read_crop(wav, start, stop, nt, sampler.rng(j, 1))
 
     @sb.utils.data_pipeline.takes("id", "wav", "start", "stop")
     @sb.utils.data_pipeline.provides("index", "student_view", "teacher_view")
     def views(uid, wav, start, stop):
-        idx = index_of[uid]
+        idx, (student, teacher) = read_with_fallback(rows, index_of[uid], read)
         yield idx
-        yield read_crop(wav, int(start), int(stop), ns, sampler.rng(idx, 0))
-        yield read_crop(wav, int(start), int(stop), nt, sampler.rng(idx, 1))
+        yield student
+        yield teacher
 
     sb.dataio.dataset.add_dynamic_item([ds], views)
     ds.set_output_keys(["id", "index", "student_view", "teacher_view"])

@@ -19,7 +19,6 @@ import os
 import sys
 
 import torch
-from hyperpyyaml import load_hyperpyyaml
 
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
@@ -27,6 +26,9 @@ from speechbrain.utils.distributed import run_on_main
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from voxceleb_prepare import prepare_voxceleb  # noqa: E402
 
+from speechbrain_ssrl import recipe_checks  # noqa: E402
+from speechbrain_ssrl.brains.base import NonFiniteLossError  # noqa: E402
+from speechbrain_ssrl.checkpoints import CheckpointSaveError  # noqa: E402
 from speechbrain_ssrl.data import views  # noqa: E402
 from speechbrain_ssrl.data.augment_data import make_augment_csv  # noqa: E402
 
@@ -125,18 +127,44 @@ def run_ssrl(hparams, run_opts):
         sample_rate=hparams["sample_rate"],
     )
     brain.fit(hparams["epoch_counter"], train_data, train_loader_kwargs=hparams["dataloader_options"])
+    if hparams.get("dump_rank_state"):
+        brain.dump_rank_state(os.path.join(hparams["output_folder"], "rank_state"))
     brain.export_teacher()
     return brain
 
 
-STAGES = {"dino": run_dino, "ssrl": run_ssrl}
+def run_iterative(hparams, run_opts):
+    """The iterative baseline: ``rounds`` x (cluster the previous model's embeddings → train a fresh
+    model from the DINO initialisation on those fixed labels); see speechbrain_ssrl/brains/iterative.py."""
+    from speechbrain_ssrl.brains.base import load_encoder
+    from speechbrain_ssrl.brains.iterative import IterativeBrain, run_rounds
+
+    def train_round(rh, source_folder):
+        load_encoder(source_folder, rh["embedding_model"])  # the model whose embeddings are clustered
+        brain = IterativeBrain(**brain_kwargs(rh, run_opts))
+        init = initial_labels(brain, rh)
+        load_encoder(rh["dino_folder"], rh["embedding_model"])  # every round trains from the DINO initialisation
+        brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=true_speaker_ids(rh["train_annotation"]))
+        train_data = views.student_teacher_dataset(
+            rh["train_annotation"], rh["crop_sampler"], student_seconds=rh["student_seconds"],
+            teacher_seconds=rh["teacher_seconds"], sample_rate=rh["sample_rate"],
+        )
+        brain.fit(rh["epoch_counter"], train_data, train_loader_kwargs=rh["dataloader_options"])
+        brain.export_teacher()  # the student (the baseline has no EMA teacher)
+        return brain
+
+    hparams_file, _, overrides = sb.parse_arguments(sys.argv[1:])  # each round instantiates the yaml afresh
+    return run_rounds(hparams, hparams_file, overrides, train_round)
+
+
+STAGES = {"dino": run_dino, "ssrl": run_ssrl, "iterative": run_iterative}
 
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    hparams = recipe_checks.load_hparams(hparams_file, overrides)  # refuses unknown command-line keys
+    recipe_checks.check_before_start(hparams)  # an unusable dino_folder; a resume with another architecture / K0
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -146,4 +174,9 @@ if __name__ == "__main__":
     if stage not in STAGES:
         raise SystemExit(f"{hparams_file}: unknown or missing `stage: {stage}` (expected one of {sorted(STAGES)})")
     prepare_data(hparams)
-    STAGES[stage](hparams, run_opts)
+    recipe_checks.check_training_data(hparams)  # K0 <= N; a resume keeps architecture, K0 and training CSV
+    try:
+        STAGES[stage](hparams, run_opts)
+    except (NonFiniteLossError, CheckpointSaveError) as e:
+        logger.exception("training stopped")
+        raise SystemExit(f"training stopped: {e}") from None

@@ -1,0 +1,230 @@
+"""The initial clustering step (SSRL stage 2's start, and every round of the iterative baseline).
+
+Teacher embeddings of every training utterance (full length, or capped at ``max_seconds``), batched by
+length, L2-normalised → k-means (K0 clusters, spherical by default) → labels ``y0`` (CSV order) and
+centroids ``mu`` (the AAM classifier's initial rows), saved as ``out_dir/initial_clustering.pt`` and
+reused when present.
+
+The CSV's ``spk_id`` column is never used for clustering; when present it only feeds a diagnostic
+:func:`speechbrain_ssrl.metrics.pseudo_label_report` (NMI, purity, ...), logged and stored in the file.
+
+Saved file (``torch.save`` of plain containers, loadable with ``weights_only=True``)::
+
+    labels     LongTensor (N,)   cluster of each CSV row, in CSV order
+    centroids  FloatTensor (k, D) unit-norm in spherical mode
+    ids        list[str] (N,)    the CSV IDs, in order
+    k          int
+    config     dict              the arguments that produced it (seed, n_iter, max_seconds, ...)
+    inertia, n_iter, converged, seconds_embed, seconds_kmeans, report (dict or None), version
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from speechbrain_ssrl.clustering import kmeans
+
+logger = logging.getLogger(__name__)
+
+FILENAME = "initial_clustering.pt"
+_VERSION = 1
+
+
+def _read_csv(train_csv: str, replacements: Optional[Dict[str, str]] = None):
+    if not os.path.isfile(train_csv):
+        raise FileNotFoundError(f"training CSV not found: {train_csv}")
+    with open(train_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{train_csv} has no rows: re-run the data preparation")
+    for key in ("ID", "wav"):
+        if key not in rows[0]:
+            raise ValueError(f"{train_csv} lacks the column {key!r} (expected ID,duration,wav,start,stop,spk_id)")
+    ids = [r["ID"] for r in rows]
+    if len(set(ids)) != len(ids):
+        seen, dup = set(), None
+        for i in ids:
+            if i in seen:
+                dup = i
+                break
+            seen.add(i)
+        raise ValueError(f"{train_csv}: the ID column must be unique (duplicate: {dup!r})")
+    wavs = []
+    for r in rows:
+        w = r["wav"]
+        for key, val in (replacements or {}).items():
+            w = w.replace("$" + key, str(val)).replace("{" + key + "}", str(val))
+        wavs.append(w)
+    durations: Optional[List[float]] = None
+    if "duration" in rows[0]:
+        try:
+            durations = [float(r["duration"]) for r in rows]
+        except (TypeError, ValueError):
+            durations = None  # read from the file headers instead
+    spk = None
+    if "spk_id" in rows[0] and all(r.get("spk_id") for r in rows):
+        spk = [r["spk_id"] for r in rows]
+    return ids, wavs, durations, spk
+
+
+def load_initial_clustering(
+    path: str, expected_ids: Optional[Sequence[str]] = None, expected_k: Optional[int] = None
+) -> Dict[str, Any]:
+    """Loads a saved initial clustering and checks it against the current CSV IDs (and k).
+
+    When the same IDs come in another order, the labels are permuted to the expected order.
+    Raises ValueError (naming the fix: delete the file or change ``out_dir``) when IDs or k differ.
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot read the initial clustering {path} ({err}); delete it to recompute") from err
+    for key in ("labels", "centroids", "ids", "k"):
+        if not isinstance(data, dict) or key not in data:
+            raise ValueError(f"{path} is not an initial clustering file (no {key!r}); delete it to recompute")
+    fix = f"delete {path} to recompute it, or choose another out_dir"
+    if expected_k is not None and int(data["k"]) != int(expected_k):
+        raise ValueError(f"{path} holds k = {data['k']} clusters but k = {expected_k} was asked: {fix}")
+    if expected_ids is not None:
+        saved = list(data["ids"])
+        want = list(expected_ids)
+        if saved != want:
+            if len(saved) == len(want) and set(saved) == set(want):
+                pos = {u: i for i, u in enumerate(saved)}
+                perm = torch.tensor([pos[u] for u in want], dtype=torch.long)
+                data["labels"] = data["labels"][perm]
+                data["ids"] = want
+                logger.info("initial clustering %s: same utterances in another CSV order, labels reordered", path)
+            else:
+                missing = [u for u in want if u not in set(saved)]
+                extra = len(set(saved) - set(want))
+                raise ValueError(
+                    f"{path} was computed for another set of utterances ({len(saved)} saved vs {len(want)} in "
+                    f"the CSV; {len(missing)} new, e.g. {missing[:2]}, {extra} gone): {fix}"
+                )
+    return data
+
+
+def initial_clustering(
+    embed_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_csv: str,
+    out_dir: str,
+    k: int,
+    *,
+    max_seconds: Optional[float] = None,
+    n_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    device: str = "cpu",
+    spherical: bool = True,
+    init: str = "k-means++",
+    batch_seconds: float = 240.0,
+    max_batch: int = 64,
+    progress: bool = True,
+    precision: str = "auto",
+    chunk_size: Optional[int] = None,
+    replacements: Optional[Dict[str, str]] = None,
+    filename: str = FILENAME,
+) -> Dict[str, Any]:
+    """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
+
+    Args:
+        embed_fn: ``embed_fn(wavs (B, T), lens (B,) relative) -> (B, D)`` (the teacher), on ``device``.
+        train_csv: SpeechBrain CSV (``ID,duration,wav,start,stop,spk_id``; one row per utterance).
+        out_dir: where ``initial_clustering.pt`` is written (and reused from, when present).
+        k: number of clusters (K0 = 8000 for VoxCeleb2).
+        max_seconds: cap per utterance (its start is kept); ``None`` = full length.
+        n_iter, tol, seed, spherical, init, precision, chunk_size: passed to :func:`kmeans`.
+        batch_seconds, max_batch: audio per embedding batch (batches group similar lengths).
+        replacements: ``{"data_root": "/path"}`` fills ``$data_root`` / ``{data_root}`` in the wav column.
+    Returns:
+        dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
+        saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    ids, wavs, durations, spk = _read_csv(train_csv, replacements)
+    path = os.path.join(out_dir, filename)
+    if os.path.isfile(path):
+        data = load_initial_clustering(path, expected_ids=ids, expected_k=k)
+        logger.info("initial clustering: reusing %s (%d utterances, k = %d)", path, len(ids), k)
+        now = dict(max_seconds=max_seconds, n_iter=n_iter, seed=seed, spherical=spherical, init=init)
+        saved = data.get("config") or {}
+        diff = {key: (saved.get(key), val) for key, val in now.items() if key in saved and saved[key] != val}
+        if diff:
+            logger.warning(
+                "initial clustering %s was made with other settings (saved, now): %s; reusing it anyway "
+                "(delete the file to recompute)", path, diff,
+            )
+        data["path"] = path
+        return data
+    if k > len(ids):
+        raise ValueError(f"k = {k} clusters but {train_csv} has only {len(ids)} utterances")
+    missing = [w for w in wavs if not os.path.isfile(w)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} audio file(s) of {train_csv} do not exist, e.g. {missing[0]}")
+
+    config = dict(
+        train_csv=os.path.abspath(train_csv), k=k, max_seconds=max_seconds, n_iter=n_iter, tol=tol, seed=seed,
+        spherical=spherical, init=init, precision=precision, batch_seconds=batch_seconds, max_batch=max_batch,
+    )
+    t0 = time.perf_counter()
+    emb = _embed_all(embed_fn, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress)
+    t_embed = time.perf_counter() - t0
+    logger.info("initial clustering: %d embeddings of dimension %d in %.1f s", emb.shape[0], emb.shape[1], t_embed)
+
+    t0 = time.perf_counter()
+    # distributed=False: under DDP this runs on the main process only (the others load the file)
+    res = kmeans(
+        emb, k, n_iter=n_iter, tol=tol, seed=seed, spherical=spherical, init=init, device=device,
+        precision=precision, chunk_size=chunk_size, distributed=False, progress=progress,
+    )
+    t_kmeans = time.perf_counter() - t0
+    centroids, labels = res
+    labels = labels.cpu().long()
+    centroids = centroids.cpu().float()
+    logger.info(
+        "initial clustering: k-means k = %d, %d iterations (converged: %s), inertia %.6g, %.1f s, %d non-empty clusters",
+        k, res.n_iter, res.converged, res.inertia, t_kmeans, int(torch.unique(labels).numel()),
+    )
+
+    report = None
+    if spk is not None:  # diagnostics only: the true ids never entered the clustering
+        from speechbrain_ssrl.metrics import pseudo_label_report
+
+        report = pseudo_label_report(labels, spk)
+        logger.info(
+            "initial clustering vs true speakers (diagnostic): NMI %.4f, ARI %.4f, accuracy %.4f, purity %.4f, "
+            "clusters %d, speakers %d",
+            report["nmi"], report["ari"], report["accuracy"], report["purity"], report["n_clusters"],
+            report["n_classes"],
+        )
+
+    data = dict(
+        labels=labels, centroids=centroids, ids=list(ids), k=int(k), config=config, inertia=float(res.inertia),
+        n_iter=int(res.n_iter), converged=bool(res.converged), seconds_embed=float(t_embed),
+        seconds_kmeans=float(t_kmeans), report=report, version=_VERSION,
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    torch.save(data, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written file to be reused
+    logger.info("initial clustering saved to %s", path)
+    data["path"] = path
+    return data
+
+
+def _embed_all(embed_fn, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress):
+    """L2-normalised embeddings of ``wavs`` (N, D) on the CPU (see ``embeddings.extract_embeddings``)."""
+    from speechbrain_ssrl.embeddings import extract_embeddings
+
+    return extract_embeddings(
+        embed_fn, wavs, durations=durations, max_seconds=max_seconds, batch_seconds=batch_seconds,
+        max_batch=max_batch, device=device, normalize=True, progress=progress, desc="initial clustering: embeddings",
+    )
