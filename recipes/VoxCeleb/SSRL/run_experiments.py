@@ -1,0 +1,788 @@
+#!/usr/bin/env python3
+"""The paper's comparison on a prepared corpus: SSRL against the 5-round iterative baseline, and ablations.
+
+    python run_experiments.py --data_folder=<corpus> --out=<folder> [--config minivox|full] [--device cuda:0]
+
+Runs, in this order, each as the ``train.py`` command a user would type (shown and logged):
+
+1. DINO (stage 1), once; every other system starts from its teacher (or ``--dino_folder`` reuses a run);
+2. the iterative baseline (``hparams/<config>/iterative_ecapa.yaml``), rounds 1..R;
+3. SSRL, SSRL without noisy-label modelling (``noisy_label_model=False``), without the label queue
+   (``queue_length=1``) and without cluster pruning (``prune_clusters=False``);
+
+then evaluates every final model (DINO, the baseline after every round, the SSRL variants) on the
+held-out test trials (cosine scoring, EER with its leave-one-test-speaker-out standard error, minDCF
+at p_target 0.01 and 0.05), and writes into ``--out``: ``results.md`` (the table, paired EER
+differences against SSRL with their standard errors and a "holds" column, the git commit and the
+exact command), ``results.json`` (every number of the table and more) and ``plots/`` (cluster count vs
+epoch, NMI vs epoch and vs round, EER vs cost). ``--update_readme`` also copies them next to the
+recipe README and replaces its section between ``<!-- minivox-results:start -->`` and
+``<!-- minivox-results:end -->`` (``--readme_marker`` names another section).
+
+Overrides: ``--key=value`` arguments this script does not know (and ``--extra key=value ...``) go to
+every train.py run whose yaml has the key (e.g. a toy model: ``--channels=[32,32,32,32,96]``);
+``--extra_dino`` / ``--extra_iterative`` / ``--extra_ssrl key=value ...`` to one stage only (e.g.
+``--extra_iterative lr_start=5e-4`` tunes the baseline alone). ``--plan_only`` prints the plan.
+
+Budget accounting (the same for every system): the cost of a system is the number of optimiser
+steps of its training after DINO (DINO's are shared by all and reported once), with the same batch
+size on the same corpus, plus its measured wall time (training epochs + k-means clusterings, each
+clustering including the embedding of every training utterance; per-epoch validation excluded). By
+default every SSRL variant trains for ``rounds x epochs_per_round`` epochs, so that one SSRL run costs
+as many steps as the whole R-round baseline; the baseline after round r costs r/R of it.
+
+Resumable: every step is skipped when its outputs are complete and resumes from its checkpoint when
+interrupted, so re-running the same command continues where it stopped (and does no training once
+everything is done). The k-means of the DINO teacher's embeddings (SSRL's y0 and the baseline's
+round-1 labels) is computed once and copied to every SSRL variant when their clustering settings
+match; its cost is counted for every system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+RECIPE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(RECIPE)))
+
+#: the SSRL runs: (name, label in the table, train.py overrides)
+SSRL_VARIANTS = [
+    ("ssrl", "SSRL", []),
+    ("ssrl_no_noisy", "SSRL w/o noisy-label modelling", ["--noisy_label_model=False"]),
+    ("ssrl_no_queue", "SSRL w/o label queue (L = 1)", ["--queue_length=1"]),
+    ("ssrl_no_prune", "SSRL w/o cluster pruning", ["--prune_clusters=False"]),
+]
+
+#: Planning estimates for --config minivox on the CPU with 2 torch threads (seconds), measured on the
+#: demo-size MiniVox with the small ECAPA of hparams/minivox (fit_batch medians on a lightly shared
+#: 2-core machine). Only the printed plan uses them; every number in the results comes from the runs.
+CPU_ESTIMATES = {
+    "dino_step": 1.25,  # one DINO step (2 global 2 s + 2 local 1 s crops, batch 32)
+    "ssrl_step": 0.52,  # one SSRL step (student 2 s, augmented half the time + teacher 4 s clean, batch 32)
+    "iterative_step": 0.30,  # one baseline step (student only)
+    "epoch_overhead": 4.0,  # reading crops (main process), checkpoint, history and plots, per epoch
+    "embed_utt": 0.014,  # embedding one utterance (full length <= 8 s) for k-means, validation or test
+    "bn_recal": 4.0,  # BN re-estimation before every clustering / validation (20 batches of 32 x 3 s)
+    "process": 12.0,  # start-up of one train.py process (imports, data checks), and one model load
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------------
+def log_line(msg: str, log: Optional[str] = None) -> None:
+    print(msg, flush=True)
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(msg + "\n")
+
+
+def sh(cmd: Sequence[str], cwd: str, log: str, env: Dict[str, str]) -> float:
+    """Runs ``cmd``, echoing its log lines (not progress bars); returns its wall time in seconds."""
+    where = cwd != os.getcwd()
+    log_line("\n$ " + (f"(cd {os.path.relpath(cwd)} && " if where else "") + shlex.join(cmd) + (")" if where else ""), log)
+    t0 = time.time()
+    with open(log, "a", encoding="utf-8") as lf:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lf.write(line)
+            if "it/s" in line or "s/it" in line or line.startswith("kmeans iter"):
+                continue
+            sys.stdout.write(line)
+        rc = proc.wait()
+    if rc != 0:
+        raise SystemExit(f"command failed ({rc}): {shlex.join(cmd)}\n(full log: {log})")
+    return time.time() - t0
+
+
+def read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def read_history(folder: str) -> List[Dict[str, str]]:
+    path = os.path.join(folder, "history.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def num(v) -> Optional[float]:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def override_value(extra: Sequence[str], key: str) -> Optional[str]:
+    """The value of ``--key=value`` in a list of overrides (the last one wins)."""
+    val = None
+    for a in extra:
+        if a.startswith(f"--{key}="):
+            val = a.split("=", 1)[1]
+    return val
+
+
+def yaml_value(path: str, key: str, extra: Sequence[str] = ()) -> Optional[str]:
+    """A top-level scalar of a recipe yaml as text (``--key=value`` in ``extra`` wins); no instantiation."""
+    val = override_value(extra, key)
+    if val is not None:
+        return val
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(rf"^{re.escape(key)}:\s*([^#\n]*?)\s*(#.*)?$", line)
+            if m:
+                return m.group(1)
+    return None
+
+
+def yaml_keys(path: str) -> List[str]:
+    """Top-level keys of a recipe yaml (lines ``key:`` at column 0)."""
+    with open(path, encoding="utf-8") as f:
+        return re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)\s*:", f.read(), re.M)
+
+
+def overrides_for(path: str, extra: Sequence[str]) -> List[str]:
+    """The ``--key=value`` overrides whose key the yaml has (train.py refuses unknown keys)."""
+    keys = set(yaml_keys(path))
+    return [e for e in extra if e[2:].split("=", 1)[0] in keys]
+
+
+def git_info() -> Dict[str, object]:
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):  # not a git checkout (e.g. a copied tree)
+        commit = ""
+    dirty = bool(git("status", "--porcelain"))  # modified or untracked (not ignored) files: not the commit alone
+    return {"commit": commit or "unknown", "dirty": dirty}
+
+
+def file_stamp(path: str) -> Dict[str, object]:
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime": st.st_mtime}
+
+
+# --------------------------------------------------------------------------------------------------
+# the plan
+# --------------------------------------------------------------------------------------------------
+class Plan:
+    """What runs, with how many epochs / steps, and (minivox on the CPU) how long it should take."""
+
+    def __init__(self, a, n_train: int, n_test_utts: int):
+        self.a = a
+        hp = os.path.join(RECIPE, "hparams", *(["minivox"] if a.config == "minivox" else []))
+        self.yaml = {k: os.path.join(hp, f"{k}_ecapa.yaml") for k in ("dino", "ssrl", "iterative")}
+        self.n_train, self.n_test_utts = n_train, n_test_utts
+        self.ov = {k: list(a.extra) + list(getattr(a, "stage_extra", {}).get(k, [])) for k in self.yaml}  # overrides per stage
+        bs = {k: int(float(yaml_value(y, "batch_size", self.ov[k]))) for k, y in self.yaml.items()}
+        self.steps_per_epoch = {k: n_train // b for k, b in bs.items()}
+        self.batch = bs
+        self.dino_epochs = a.dino_epochs or int(float(yaml_value(self.yaml["dino"], "number_of_epochs", self.ov["dino"])))
+        self.rounds = a.rounds
+        self.epochs_per_round = a.epochs_per_round or int(float(yaml_value(self.yaml["iterative"], "epochs_per_round",
+                                                                           self.ov["iterative"])))
+        self.ssrl_epochs = a.ssrl_epochs or self.rounds * self.epochs_per_round
+        self.validate_every = a.validate_every
+
+    def rows(self) -> List[Dict[str, object]]:
+        E = CPU_ESTIMATES
+        est = self.a.config == "minivox" and not str(self.a.device).startswith("cuda")
+        spe = self.steps_per_epoch
+        v_every = self.validate_every or 1
+        valid = self.n_test_utts * E["embed_utt"] + E["bn_recal"]  # one validation
+        test_eval = self.n_test_utts * E["embed_utt"] + E["process"] / 4
+        clustering = self.n_train * E["embed_utt"] + E["bn_recal"]
+
+        def n_valid(epochs):
+            return len(range(v_every, epochs + 1, v_every)) + (0 if epochs % v_every == 0 else 1)
+
+        def minutes(kind, epochs, extra):
+            steps = spe[kind] * epochs
+            return (steps * E[f"{kind}_step"] + epochs * E["epoch_overhead"] + E["process"] + extra) / 60 if est else None
+
+        out = []
+        if not self.a.dino_folder:
+            out.append(dict(system="DINO (shared initialisation)", epochs=self.dino_epochs, steps=spe["dino"] * self.dino_epochs,
+                            minutes=minutes("dino", self.dino_epochs, n_valid(self.dino_epochs) * valid + test_eval)))
+        # a round: clustering + training + one validation (the minivox yaml validates the round's last epoch only)
+        total = self.epochs_per_round * self.rounds
+        out.append(dict(system=f"iterative baseline ({self.rounds} rounds x {self.epochs_per_round} epochs)",
+                        epochs=total, steps=spe["iterative"] * total,
+                        minutes=minutes("iterative", total, self.rounds * (clustering + valid + test_eval))))
+        for i, (name, label, _) in enumerate(SSRL_VARIANTS):  # SSRL also validates its start (epoch 0)
+            out.append(dict(system=label, epochs=self.ssrl_epochs, steps=spe["ssrl"] * self.ssrl_epochs,
+                            minutes=minutes("ssrl", self.ssrl_epochs, (1 + n_valid(self.ssrl_epochs)) * valid + test_eval)))
+        return out
+
+    def text(self) -> str:
+        rows = self.rows()
+        lines = [
+            f"Plan ({self.a.config} config, {self.n_train} training utterances, batch {self.batch['ssrl']} -> "
+            f"{self.steps_per_epoch['ssrl']} steps per epoch; {self.n_test_utts} test utterances):",
+            f"  {'system':<46}{'epochs':>8}{'steps':>8}{'est. min':>10}",
+        ]
+        for r in rows:
+            m = "-" if r["minutes"] is None else f"{r['minutes']:.1f}"
+            lines.append(f"  {r['system']:<46}{r['epochs']:>8}{r['steps']:>8}{m:>10}")
+        if all(r["minutes"] is not None for r in rows):
+            lines.append(f"  {'total (estimate, 2 CPU threads)':<62}{sum(r['minutes'] for r in rows):>10.1f}")
+        else:
+            lines.append("  (time estimates exist only for --config minivox on the CPU)")
+        lines.append(f"  {self.budget()}; validation every {self.validate_every or 'yaml'} epoch(s)")
+        return "\n".join(lines)
+
+    def budget(self) -> str:
+        """One line on the step budgets (equal unless --ssrl_epochs says otherwise)."""
+        base = self.rounds * self.epochs_per_round
+        same = self.ssrl_epochs * self.steps_per_epoch["ssrl"] == base * self.steps_per_epoch["iterative"]
+        return (f"{'equal' if same else 'UNEQUAL'} step budget: every SSRL variant {self.ssrl_epochs} epochs "
+                f"({self.ssrl_epochs * self.steps_per_epoch['ssrl']} steps) {'=' if same else 'vs'} the baseline's "
+                f"{self.rounds} rounds x {self.epochs_per_round} epochs ({base * self.steps_per_epoch['iterative']} steps; "
+                f"{self.steps_per_epoch['ssrl']} steps per epoch, batch {self.batch['ssrl']})")
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation and statistics
+# --------------------------------------------------------------------------------------------------
+def evaluate(model_folder: str, out_dir: str, trials: List[str], data_folder: str, device: str, log: str) -> Dict:
+    """Test-trial metrics of ``model_folder/pretrained`` (cached in ``out_dir`` with a model stamp)."""
+    from speechbrain_ssrl.evaluation import evaluate_model
+
+    ckpt = os.path.join(model_folder, "pretrained", "embedding_model.ckpt")
+    stamp = {"model": file_stamp(ckpt), "trials": [os.path.abspath(t) for t in trials]}
+    res_path, stamp_path = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "stamp.json")
+    same = os.path.exists(stamp_path) and read_json(stamp_path).get("stamp") == json.loads(json.dumps(stamp))
+    if same and os.path.exists(res_path):
+        return read_json(res_path)
+    log_line(f"evaluating {os.path.relpath(model_folder)} on {', '.join(os.path.basename(t) for t in trials)}", log)
+    t0 = time.time()
+    res = evaluate_model(os.path.join(model_folder, "pretrained"), trials, data_folder, device=device,
+                         output_folder=out_dir, det_plot=False, progress=False)
+    write_json(stamp_path, {"stamp": stamp, "seconds": round(time.time() - t0, 1)})
+    return res
+
+
+def read_scores(path: str):
+    """``scores_<list>.txt`` (``enrol test label score`` per line) → speakers, labels, scores."""
+    from speechbrain_ssrl.scoring import speaker_of
+
+    a, b, lab, sc = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            e, t, l, s = line.split()
+            a.append(speaker_of(e))
+            b.append(speaker_of(t))
+            lab.append(int(l))
+            sc.append(float(s))
+    return np.array(a), np.array(b), np.array(lab), np.array(sc)
+
+
+def paired_difference(scores_x: str, scores_ref: str):
+    """EER(x) − EER(ref) in points, with its leave-one-test-speaker-out (jackknife) standard error."""
+    from speechbrain_ssrl import scoring
+
+    a, b, lx, sx = read_scores(scores_x)
+    a2, b2, lr, sr = read_scores(scores_ref)
+    if not (np.array_equal(lx, lr) and np.array_equal(a, a2) and np.array_equal(b, b2)):
+        raise ValueError(f"{scores_x} and {scores_ref} do not score the same trials")
+    fx, fr = scoring._fast_eer_stat(sx, lx), scoring._fast_eer_stat(sr, lr)
+    value, se, _ = scoring.leave_one_speaker_out(lambda m: fx(m) - fr(m), a, b)
+    return value, se
+
+
+def clustering_seconds(path: str) -> float:
+    import torch
+
+    if not os.path.exists(path):
+        return 0.0
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    return float(d.get("seconds_embed", 0.0)) + float(d.get("seconds_kmeans", 0.0))
+
+
+def run_cost(folder: str, clustering_file: Optional[str] = None) -> Dict[str, object]:
+    """Steps and wall time of a single training run from its history.csv (+ its clustering)."""
+    rows = [r for r in read_history(folder) if (num(r.get("epoch")) or 0) >= 1]
+    train_s = sum(num(r.get("epoch_seconds")) or 0.0 for r in rows)
+    valid_s = sum(num(r.get("valid_seconds")) or 0.0 for r in rows)
+    clus_s = clustering_seconds(clustering_file) if clustering_file else 0.0
+    steps = int(num(rows[-1].get("steps")) or 0) if rows else 0
+    return {"epochs": len(rows), "steps": steps, "train_seconds": round(train_s, 1), "cluster_seconds": round(clus_s, 1),
+            "wall_seconds": round(train_s + clus_s, 1), "valid_seconds": round(valid_s, 1)}
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------------
+def make_plots(res: Dict, out: str) -> Dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    pdir = os.path.join(out, "plots")
+    os.makedirs(pdir, exist_ok=True)
+    systems = res["systems"]
+    ssrl_names = [n for n, _, _ in SSRL_VARIANTS if n in systems]
+    n_true = res["corpus"].get("train_speakers")
+    files = {}
+
+    def col(rows, key, x="epoch"):
+        pts = [(num(r.get(x)), num(r.get(key))) for r in rows]
+        pts = [(u, v) for u, v in pts if u is not None and v is not None]
+        return [u for u, _ in pts], [v for _, v in pts]
+
+    # cluster count vs epoch
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for n in ssrl_names:
+        x, y = col(systems[n]["history"], "n_clusters")
+        ax.plot(x, y, marker="o", ms=3, label=systems[n]["label"])
+    if n_true:
+        ax.axhline(n_true, color="0.4", ls="--", lw=1, label=f"true training speakers ({n_true})")
+    ax.set_xlabel("epoch (0 = k-means of the DINO teacher)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("clusters owning utterances")
+    ax.set_title("Cluster count vs epoch (SSRL variants)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    files["cluster_count"] = os.path.join(pdir, "cluster_count.png")
+    fig.savefig(files["cluster_count"], dpi=100)
+    plt.close(fig)
+
+    # NMI vs epoch (SSRL) and vs round (baseline)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for n in ssrl_names:
+        x, y = col(systems[n]["history"], "nmi")
+        a1.plot(x, y, marker="o", ms=3, label=systems[n]["label"])
+    a1.set_xlabel("epoch (0 = k-means of the DINO teacher)")
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.set_ylabel("NMI of the pseudo labels vs true speakers")
+    a1.set_title("SSRL: NMI vs epoch")
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=7)
+    rounds = res["iterative_rounds"]
+    a2.plot([r["round"] for r in rounds], [r.get("nmi") for r in rounds], marker="s", color="C7", label="iterative baseline")
+    a2.set_xlabel("round (labels: k-means of the previous round's model)")
+    a2.set_title("Iterative baseline: NMI vs round")
+    a2.set_xticks([r["round"] for r in rounds])
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    files["nmi"] = os.path.join(pdir, "nmi.png")
+    fig.savefig(files["nmi"], dpi=100)
+    plt.close(fig)
+
+    # EER vs cost
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    panels = ((axes[0], "steps", "training steps after DINO"),
+              (axes[1], "wall_minutes", "wall minutes after DINO (training + clustering)"))
+    for ax, key, xlabel in panels:
+        it = [systems[f"iterative_r{r['round']}"] for r in rounds if f"iterative_r{r['round']}" in systems]
+        xs = [s["cost"][key] for s in it]
+        ys = [s["test"]["eer"] for s in it]
+        es = [s["test"].get("eer_se") or 0 for s in it]
+        ax.errorbar(xs, ys, yerr=es, marker="s", color="C7", capsize=3, label="iterative baseline, rounds 1..R")
+        for s, x, y in zip(it, xs, ys):
+            ax.annotate(f"r{s['round']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if "dino" in systems:
+            d = systems["dino"]
+            ax.errorbar([0], [d["test"]["eer"]], yerr=[d["test"].get("eer_se") or 0], marker="D", color="k", capsize=3,
+                        label="DINO (start)")
+        span = max([s["cost"][key] for s in systems.values()] + [1e-9])
+        for i, n in enumerate(ssrl_names):
+            s = systems[n]
+            dodge = (i - (len(ssrl_names) - 1) / 2) * 0.012 * span  # side by side when the costs are equal
+            ax.errorbar([s["cost"][key] + dodge], [s["test"]["eer"]], yerr=[s["test"].get("eer_se") or 0], marker="o^vP"[i % 4],
+                        color=f"C{i}", capsize=3, ls="none", label=s["label"])
+        if "ssrl" in systems and key == "steps":
+            x, y = col(systems["ssrl"]["history"], "eer", x="steps")
+            if len(x) >= 2:
+                ax.plot(x, y, color="C0", lw=1, ls=":", label="SSRL per epoch (validation trials)")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"EER % on {res['test_list']} (± LOSO SE)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("EER vs cost")
+    fig.tight_layout()
+    files["eer_vs_cost"] = os.path.join(pdir, "eer_vs_cost.png")
+    fig.savefig(files["eer_vs_cost"], dpi=100)
+    plt.close(fig)
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------------
+def fmt(v, spec=".3f", none="-"):
+    return none if v is None else format(v, spec)
+
+
+def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") -> str:
+    systems = res["systems"]
+    g = res["git"]
+    lines = [
+        f"{heading} SSRL vs the iterative baseline: {res['corpus']['name']}",
+        "",
+        f"- command: `{res['command']}` (run from `{res['cwd']}`)",
+        f"- commit: `{g['commit']}`" + (" (with uncommitted or untracked changes)" if g["dirty"] else ""),
+        f"- finished {res['finished']}; device `{res['device']}`, precision {res['precision']}, "
+        f"{res['threads']} CPU thread(s); config `{res['config']}`",
+        f"- corpus: {res['corpus']['n_train']} training utterances (true speakers: {res['corpus'].get('train_speakers', '?')}, "
+        f"used for NMI / purity only), test list `{res['test_list']}` with {res['test_n_trials']} trials "
+        f"of {res['test_speakers']} speakers",
+        f"- cost accounting: {res['budget']}",
+        "",
+        f"{heading}# Test trials: EER and minDCF; pseudo-label quality; cost",
+        "",
+        "| System | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | purity | clusters | steps | wall min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in res["order"]:
+        s = systems[name]
+        t, lab, c = s["test"], s.get("labels") or {}, s["cost"]
+        lines.append(
+            f"| {s['label']} | {t['eer']:.2f} ± {fmt(t.get('eer_se'), '.2f')} | {fmt(t.get('min_dcf_0.01'))} | "
+            f"{fmt(t.get('min_dcf_0.05'))} | {fmt(lab.get('nmi'))} | {fmt(lab.get('purity'))} | "
+            f"{lab.get('n_clusters', '-') if lab else '-'} | {c['steps']} | "
+            f"{c['wall_minutes']:.{1 if c['wall_minutes'] >= 1 else 2}f} |"
+        )
+    lines += [
+        "",
+        "EER ± leave-one-test-speaker-out (jackknife) standard error. NMI / purity / clusters: the labels the final "
+        "model was trained on (SSRL: its labels after the last epoch; baseline round r: the k-means labels of round r), "
+        "against the true speakers. Steps and wall minutes: training after DINO (DINO's row: DINO itself, shared by all), "
+        "baseline rounds cumulative; wall = training epochs + clusterings (embedding all training utterances + k-means), "
+        "validation excluded.",
+        "",
+        f"{heading}# Paired EER differences against SSRL (same trials)",
+        "",
+        "| System | EER(system) − EER(SSRL), points | SE | holds (\\|diff\\| > 2 SE) |",
+        "|---|---|---|---|",
+    ]
+    for name in res["order"]:
+        d = res["paired_vs_ssrl"].get(name)
+        if d is None:
+            continue
+        verdict = "no (within 2 SE)"
+        if d["holds"]:
+            verdict = "yes: SSRL better" if d["diff"] > 0 else "yes: SSRL worse"
+        lines.append(f"| {systems[name]['label']} | {d['diff']:+.2f} | {d['se']:.2f} | {verdict} |")
+    lines += [
+        "",
+        "Positive = SSRL has the lower EER. The standard error of a difference is the jackknife over test "
+        "speakers of the paired difference (each left-out speaker removes all its trials from both systems).",
+        "",
+        f"{heading}# Plots",
+        "",
+        f"![EER vs cost]({plot_prefix}eer_vs_cost.png)",
+        f"![NMI vs epoch and round]({plot_prefix}nmi.png)",
+        f"![cluster count vs epoch]({plot_prefix}cluster_count.png)",
+        "",
+    ]
+    if res.get("notes"):
+        lines += [f"{heading}# Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def update_readme(res: Dict, out: str, readme: str, marker: str, assets: str) -> str:
+    """Copies results.md/json and plots/ to ``<README folder>/<assets>`` and replaces the README's section."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise SystemExit(f"{readme} has no section {start} ... {end}")
+    dest = os.path.join(os.path.dirname(os.path.abspath(readme)), assets)
+    os.makedirs(os.path.join(dest, "plots"), exist_ok=True)
+    for f in ("results.md", "results.json"):
+        shutil.copy2(os.path.join(out, f), os.path.join(dest, f))
+    for f in os.listdir(os.path.join(out, "plots")):
+        if f.endswith(".png"):
+            shutil.copy2(os.path.join(out, "plots", f), os.path.join(dest, "plots", f))
+    body = report_markdown(res, plot_prefix=f"{assets}/plots/", heading="###")
+    new = text[: text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):]
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(new)
+    return readme
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Example: python run_experiments.py --data_folder=../../../data/minivox_demo "
+                                 "--out=results/experiments")
+    ap.add_argument("--data_folder", required=True,
+                    help="corpus root(s) holding wav/<spk>/<session>/<utt>.wav; comma-separated for several")
+    ap.add_argument("--out", required=True, help="output folder (everything goes here)")
+    ap.add_argument("--config", choices=("minivox", "full"), default="minivox", help="hparams/minivox/*.yaml or hparams/*.yaml")
+    ap.add_argument("--device", default=None, help="default: cuda:0 when available, else cpu")
+    ap.add_argument("--precision", default=None, help="fp32/bf16/fp16 (default: bf16 on a GPU, fp32 on the CPU)")
+    ap.add_argument("--trials", default=None, help="test trial list(s), comma-separated (default: <data_folder>/veri_test2.txt); "
+                    "the first one's speakers are excluded from training and it heads the table")
+    b = ap.add_argument_group("budget")
+    b.add_argument("--rounds", type=int, default=5, help="rounds of the iterative baseline (default 5)")
+    b.add_argument("--epochs_per_round", type=int, default=None, help="epochs of a baseline round (default: the yaml's)")
+    b.add_argument("--ssrl_epochs", type=int, default=None, help="epochs of every SSRL run (default: rounds x epochs_per_round)")
+    b.add_argument("--dino_epochs", type=int, default=None, help="DINO epochs (default: the yaml's)")
+    b.add_argument("--dino_folder", default=None, help="reuse this finished DINO run (same architecture) instead of training one")
+    b.add_argument("--validate_every", type=int, default=None,
+                   help="epochs between per-epoch validations of the SSRL and DINO runs (the last epoch always; default: "
+                   "minivox 2, full: the yaml's)")
+    ap.add_argument("--extra", nargs="*", default=[],
+                    help="key=value overrides for every train.py run whose yaml has the key (e.g. a toy model); any "
+                    "other --key=value argument of this script is passed on the same way")
+    for stage in ("dino", "iterative", "ssrl"):
+        ap.add_argument(f"--extra_{stage}", nargs="*", default=[],
+                        help=f"key=value overrides for the {stage} run(s) only (e.g. --extra_iterative lr_start=5e-4)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS, else min(2, cores))")
+    ap.add_argument("--plan_only", action="store_true", help="print the plan and exit")
+    ap.add_argument("--update_readme", action="store_true",
+                    help="copy the results next to README.md and replace its marked section")
+    ap.add_argument("--readme_marker", default="minivox-results", help="README section <!-- NAME:start --> ... <!-- NAME:end -->")
+    ap.add_argument("--readme_file", default=os.path.join(RECIPE, "README.md"),
+                    help="the README to update (default: the recipe's)")
+    ap.add_argument("--readme_assets", default=None,
+                    help="folder next to README.md for the copied results (default: from the marker)")
+    a, unknown = ap.parse_known_args(argv)
+    bad = [u for u in unknown if not (u.startswith("--") and "=" in u)]
+    if bad:
+        ap.error(f"unrecognized arguments: {' '.join(bad)} (train.py overrides are written --key=value)")
+    dashed = lambda xs: [e if e.startswith("--") else "--" + e for e in xs]  # noqa: E731
+    a.extra = dashed(a.extra) + unknown
+    a.stage_extra = {k: dashed(getattr(a, f"extra_{k}")) for k in ("dino", "iterative", "ssrl")}
+    if a.validate_every is None and a.config == "minivox":
+        a.validate_every = 2
+    return a
+
+
+def main(argv=None):  # noqa: C901 (one linear script)
+    a = parse_args(argv)
+    threads = a.threads or int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    from speechbrain_ssrl.brains.iterative import completed_rounds, round_folder
+    from speechbrain_ssrl.data.trials import read_trials, trial_files
+    from speechbrain_ssrl.data.voxceleb import prepare_voxceleb
+
+    device = a.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    precision = a.precision or ("bf16" if device.startswith("cuda") else "fp32")
+    out = os.path.abspath(a.out)
+    data_roots = [os.path.abspath(p) for p in a.data_folder.split(",") if p]
+    data = ",".join(data_roots)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    log = os.path.join(out, "logs", "run_experiments.log")
+    trials = [os.path.abspath(t) for t in (a.trials.split(",") if a.trials else [os.path.join(data_roots[0], "veri_test2.txt")])]
+    for t in trials:
+        if not os.path.isfile(t):
+            raise SystemExit(f"test trial list not found: {t} (pass --trials)")
+    command = "python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv])
+    log_line(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} {command}", log)
+
+    # one data preparation shared by every run (identical CSVs, so labels and trials line up)
+    prepared = os.path.join(out, "prepared")
+    prepare_voxceleb(data_roots, prepared, trials[0])
+    train_csv = os.path.join(prepared, "train.csv")
+    valid_trials = os.path.join(prepared, os.path.basename(trials[0]))
+    with open(train_csv, newline="", encoding="utf-8") as f:
+        train_rows = list(csv.DictReader(f))
+    test_utts = sorted({u for t in trials for u in trial_files(read_trials(t))})
+    plan = Plan(a, len(train_rows), len(test_utts))
+    log_line(plan.text(), log)
+    if a.plan_only:
+        return None
+
+    unused = [e for e in a.extra if not any(e in overrides_for(y, a.extra) for y in plan.yaml.values())]
+    unused += [e for k, y in plan.yaml.items() for e in a.stage_extra[k] if e not in overrides_for(y, a.stage_extra[k])]
+    if unused:
+        raise SystemExit(f"overrides that the recipe yamls do not have: {' '.join(unused)}")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    py = sys.executable
+    common = [f"--data_folder={data}", f"--train_annotation={train_csv}", f"--valid_trials={valid_trials}",
+              f"--verification_file={trials[0]}", "--skip_prep=True", f"--device={device}", f"--precision={precision}",
+              "--noprogressbar"]
+    val = [f"--validate_every={a.validate_every}"] if a.validate_every else []
+    stamps_dir = os.path.join(out, "logs")
+    timings: Dict[str, float] = {}
+
+    def train(name: str, yaml: str, folder: str, args: List[str], done) -> None:
+        """train.py unless ``done()`` and the same command already completed (stamp)."""
+        stage = next(k for k, y in plan.yaml.items() if y == yaml)
+        cmd = [py, "train.py", yaml, f"--output_folder={folder}", *common, *args, *overrides_for(yaml, a.extra),
+               *a.stage_extra[stage]]
+        stamp_path = os.path.join(stamps_dir, f"{name}.done.json")
+        if done() and os.path.exists(stamp_path) and read_json(stamp_path).get("cmd") == cmd[1:]:
+            log_line(f"{name}: complete, skipped ({os.path.relpath(folder)})", log)
+            return
+        if os.path.exists(stamp_path):
+            os.remove(stamp_path)
+        timings[name] = sh(cmd, RECIPE, os.path.join(out, "logs", f"{name}.log"), env)
+        if not done():
+            raise SystemExit(f"{name}: train.py finished but its outputs are incomplete (see logs/{name}.log)")
+        write_json(stamp_path, {"cmd": cmd[1:], "seconds_this_invocation": timings[name]})
+
+    exported = lambda folder: (lambda: os.path.isfile(os.path.join(folder, "pretrained", "embedding_model.ckpt")))  # noqa: E731
+
+    # 1. DINO
+    if a.dino_folder:
+        dino = os.path.abspath(a.dino_folder)
+        if not exported(dino)():
+            raise SystemExit(f"--dino_folder={dino}: no pretrained/embedding_model.ckpt: point it at a finished DINO run "
+                             "(or leave it out to train DINO here)")
+    else:
+        dino = os.path.join(out, "dino")
+        train("dino", plan.yaml["dino"], dino, [f"--number_of_epochs={plan.dino_epochs}", *val], exported(dino))
+
+    # 2. the iterative baseline
+    it = os.path.join(out, "iterative")
+    train("iterative", plan.yaml["iterative"], it,
+          [f"--dino_folder={dino}", f"--rounds={plan.rounds}", f"--epochs_per_round={plan.epochs_per_round}"],
+          lambda: completed_rounds(it) >= plan.rounds and exported(it)())
+
+    # 3. SSRL and its ablations (their y0 = the baseline's round-1 k-means when the settings match)
+    keys = ("K0", "cluster_max_seconds", "kmeans_iterations", "kmeans_init", "seed", "bn_recal_batches",
+            "bn_recal_batch_size", "bn_recal_seconds", "channels", "emb_dim")
+    same_clustering = all(yaml_value(plan.yaml["ssrl"], k, plan.ov["ssrl"])
+                          == yaml_value(plan.yaml["iterative"], k, plan.ov["iterative"])
+                          for k in keys)
+    y0 = os.path.join(round_folder(it, 1), "initial_clustering.pt")
+    notes = []
+    for name, label, args in SSRL_VARIANTS:
+        folder = os.path.join(out, name)
+        target = os.path.join(folder, "initial_clustering", "initial_clustering.pt")
+        if same_clustering and os.path.exists(y0) and not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(y0, target)
+            log_line(f"{name}: initial clustering copied from the baseline's round 1 ({os.path.relpath(y0)})", log)
+        train(name, plan.yaml["ssrl"], folder, [f"--dino_folder={dino}", f"--number_of_epochs={plan.ssrl_epochs}", *val, *args],
+              exported(folder))
+    if same_clustering:
+        notes.append("SSRL's initial labels y0 and the baseline's round-1 labels are one k-means of the DINO teacher's "
+                     "embeddings (computed once; its cost is counted in every system).")
+
+    # 4. evaluation on the test trials
+    eval_dir = os.path.join(out, "eval")
+    models = {"dino": dino}
+    for r in range(1, plan.rounds + 1):
+        models[f"iterative_r{r}"] = round_folder(it, r)
+    for name, _, _ in SSRL_VARIANTS:
+        models[name] = os.path.join(out, name)
+    tests = {n: evaluate(f, os.path.join(eval_dir, n), trials, data, device, log) for n, f in models.items()}
+    list_names = list(next(iter(tests.values())).keys())
+    main_list = list_names[0]
+
+    # 5. collect
+    rounds = []
+    for r in read_history(it):
+        rounds.append({k: (int(float(v)) if k in ("round", "epochs", "steps", "total_steps", "n_clusters", "k") else num(v))
+                       for k, v in r.items() if v != ""})
+    systems: Dict[str, Dict] = {}
+    dcost = run_cost(dino)
+    systems["dino"] = {"label": "DINO teacher (stage 1, initialisation of all)", "labels": None,
+                       "cost": dict(dcost, wall_minutes=dcost["wall_seconds"] / 60), "history": read_history(dino)}
+    for r in rounds:
+        rr = r["round"]
+        systems[f"iterative_r{rr}"] = {
+            "label": f"Iterative baseline, round {rr}" + (f" of {plan.rounds}" if rr == plan.rounds else ""),
+            "round": rr,
+            "labels": {k: r.get(k) for k in ("nmi", "ari", "purity", "accuracy", "n_clusters")},
+            "cost": {"steps": r["total_steps"], "wall_seconds": r["total_wall_seconds"],
+                     "wall_minutes": r["total_wall_seconds"] / 60,
+                     "round_steps": r["steps"], "round_wall_seconds": r["wall_seconds"],
+                     "epochs": sum(q["epochs"] for q in rounds if q["round"] <= rr)},
+            "history": read_history(round_folder(it, rr)),
+        }
+    for name, label, args in SSRL_VARIANTS:
+        folder = os.path.join(out, name)
+        hist = read_history(folder)
+        last = hist[-1] if hist else {}
+        cost = run_cost(folder, os.path.join(folder, "initial_clustering", "initial_clustering.pt"))
+        systems[name] = {"label": label, "overrides": args,
+                         "labels": {k: (int(float(last[k])) if k == "n_clusters" else num(last.get(k)))
+                                    for k in ("nmi", "ari", "purity", "accuracy", "n_clusters") if last.get(k) not in (None, "")},
+                         "cost": dict(cost, wall_minutes=cost["wall_seconds"] / 60), "history": hist}
+    for n in systems:
+        systems[n]["test"] = tests[n][main_list]
+        systems[n]["test_all_lists"] = tests[n]
+    order = ["dino"] + [f"iterative_r{r['round']}" for r in rounds] + [n for n, _, _ in SSRL_VARIANTS]
+    paired = {}
+    ref = os.path.join(eval_dir, "ssrl", f"scores_{main_list}.txt")
+    for n in order:
+        if n == "ssrl":
+            continue
+        d, se = paired_difference(os.path.join(eval_dir, n, f"scores_{main_list}.txt"), ref)
+        paired[n] = {"diff": d, "se": se, "holds": bool(np.isfinite(se) and abs(d) > 2 * se)}
+
+    speakers = {s for r in train_rows for s in [r.get("spk_id")] if s}
+    main_trials = read_trials(trials[0])
+    build_info = os.path.join(data_roots[0], "build_info.json")
+    corpus = {"name": os.path.basename(data_roots[0].rstrip("/")), "data_folder": data, "n_train": len(train_rows),
+              "train_speakers": len(speakers) or None}
+    if os.path.exists(build_info):
+        bi = read_json(build_info)
+        corpus["minivox"] = {"size": bi.get("size"), "seed": bi.get("seed"), "stats": bi.get("stats")}
+        corpus["name"] = f"MiniVox ({bi.get('size')}, seed {bi.get('seed')})"
+    from speechbrain_ssrl.scoring import speaker_of
+
+    notes.append(f"Wall times are measured as the runs went ({threads} torch thread(s) on `{device}`), on a machine that "
+                 "may have been running other work: compare steps first.")
+    notes.append(f"The per-epoch / per-round validation EERs (history.csv, plots) are on the first test list "
+                 f"(`{os.path.basename(trials[0])}`, as in the recipe); nothing is selected with them: every system's "
+                 "final model is its last epoch (baseline: the last epoch of each round).")
+    res = {
+        "command": command, "cwd": os.path.relpath(os.getcwd(), REPO) if os.getcwd().startswith(REPO) else os.getcwd(),
+        "git": git_info(), "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": device, "precision": precision, "threads": threads, "config": a.config,
+        "plan": plan.rows(), "budget": f"{plan.budget()}; DINO: {dcost['epochs']} epochs, {dcost['steps']} steps, shared by all",
+        "corpus": corpus, "test_list": main_list, "test_lists": list_names,
+        "test_n_trials": len(main_trials),
+        "test_speakers": len({speaker_of(t.enrol) for t in main_trials} | {speaker_of(t.test) for t in main_trials}),
+        "systems": systems, "order": order, "iterative_rounds": rounds, "paired_vs_ssrl": paired,
+        "timings_this_invocation_seconds": timings, "notes": notes,
+    }
+    plots = make_plots(res, out)
+    res["plots"] = {k: os.path.relpath(v, out) for k, v in plots.items()}
+    write_json(os.path.join(out, "results.json"), res)
+    md = report_markdown(res)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(md + "\n")
+    log_line("\n" + md, log)
+    if a.update_readme:
+        assets = a.readme_assets or a.readme_marker.replace("-results", "_results").replace("-", "_")
+        log_line(f"updated {update_readme(res, out, a.readme_file, a.readme_marker, assets)}", log)
+    return res
+
+
+if __name__ == "__main__":
+    main()

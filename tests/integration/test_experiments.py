@@ -1,0 +1,91 @@
+"""run_experiments.py end to end on a CI-size MiniVox with a toy model and tiny budgets.
+
+DINO (1 epoch) → iterative baseline (2 rounds x 1 epoch) → SSRL and its three ablations (2 epochs
+each: the same number of steps) → test evaluation → results.md / results.json / plots → README
+section; then the same command again, which must train and evaluate nothing.
+"""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+from recipe_utils import RECIPE, TINY_DINO
+
+SYSTEMS = {"dino", "iterative_r1", "iterative_r2", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"}
+
+
+def run_experiments(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "run_experiments.py", *args]
+    proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc.stdout + proc.stderr
+
+
+def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, tmp_path):
+    out = tmp_path / "exp"
+    readme = tmp_path / "README.md"
+    readme.write_text("# r\n<!-- minivox-results:start -->\nSTALE-SECTION\n<!-- minivox-results:end -->\ntail\n")
+    args = [f"--data_folder={minivox_ci}", f"--out={out}", "--rounds=2", "--epochs_per_round=1", "--dino_epochs=1",
+            "--threads=1", "--device=cpu", "--update_readme", f"--readme_file={readme}",
+            # toy ECAPA; K0 = 4x the 6 training speakers; one fixed-label epoch so SSRL updates its labels once
+            *TINY_DINO, "--K0=24", "--fixed_label_epochs=1"]
+    log = run_experiments(*args)
+    first_cmd = re.search(r"^\$ .*train\.py", log, re.M)
+    assert "Plan (minivox config" in log and first_cmd and log.index("Plan (") < first_cmd.start()
+
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["systems"]) == SYSTEMS and res["order"][0] == "dino"
+    for name, s in res["systems"].items():
+        t = s["test"]
+        assert 0 <= t["eer"] <= 100 and math.isfinite(t["eer_se"]), name
+        assert 0 <= t["min_dcf_0.01"] <= 1.0 + 1e-9 and 0 <= t["min_dcf_0.05"] <= 1.0 + 1e-9, name
+        assert s["cost"]["steps"] > 0 and s["cost"]["wall_seconds"] >= 0, name
+    sy = res["systems"]
+    # equal step budget: one SSRL run = the whole 2-round baseline; round 1 = half of it
+    spe = 48 // 8  # 48 training utterances, batch 8, drop_last
+    assert sy["iterative_r2"]["cost"]["steps"] == 2 * spe and sy["iterative_r1"]["cost"]["steps"] == spe
+    assert all(sy[n]["cost"]["steps"] == 2 * spe for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"))
+    # label diagnostics of the final labels
+    for n in SYSTEMS - {"dino"}:
+        lab = sy[n]["labels"]
+        assert 0 <= lab["nmi"] <= 1 and 0 < lab["purity"] <= 1 and 1 <= lab["n_clusters"] <= 24, n
+    # the ablation switches reached the runs
+    last = {n: sy[n]["history"][-1] for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_prune")}
+    assert float(last["ssrl_no_noisy"]["mean_p"]) == 1.0
+    assert int(last["ssrl_no_prune"]["n_pruned"]) == 0
+    assert "--queue_length=1" in json.loads((out / "logs" / "ssrl_no_queue.done.json").read_text())["cmd"]
+    # SSRL and every round-1 start from the same k-means labels (computed once)
+    assert sy["ssrl"]["history"][0]["nmi"] == sy["ssrl_no_queue"]["history"][0]["nmi"]
+    assert math.isclose(float(sy["ssrl"]["history"][0]["nmi"]), res["iterative_rounds"][0]["nmi"], rel_tol=1e-4)
+    # the baseline's per-round history
+    rounds = res["iterative_rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for key in ("eer", "nmi", "purity", "accuracy", "n_clusters", "steps", "total_steps", "wall_seconds", "train_seconds"):
+        assert all(r.get(key) is not None for r in rounds), key
+    # paired differences against SSRL for every other system
+    assert set(res["paired_vs_ssrl"]) == SYSTEMS - {"ssrl"}
+    assert all(isinstance(d["holds"], bool) and d["se"] >= 0 for d in res["paired_vs_ssrl"].values())
+
+    md = (out / "results.md").read_text()
+    for s in sy.values():
+        assert s["label"] in md
+    assert res["git"]["commit"] in md and "run_experiments.py" in md and "holds" in md
+    for f in ("cluster_count.png", "nmi.png", "eer_vs_cost.png"):
+        assert (out / "plots" / f).stat().st_size > 1000, f
+    # README section replaced, plots copied next to it
+    text = readme.read_text()
+    assert "STALE-SECTION" not in text and text.startswith("# r\n") and text.endswith("tail\n")
+    assert "minivox_results/plots/eer_vs_cost.png" in text and (tmp_path / "minivox_results" / "plots" / "nmi.png").exists()
+
+    # resume: the same command trains nothing and evaluates nothing
+    mtimes = {n: os.path.getmtime(out / n / "history.csv") for n in ("dino", "iterative", "ssrl", "ssrl_no_prune")}
+    log2 = run_experiments(*args)
+    assert not re.search(r"^\$ ", log2, re.M) and "evaluating" not in log2
+    assert log2.count("complete, skipped") == 6
+    assert mtimes == {n: os.path.getmtime(out / n / "history.csv") for n in mtimes}
+    res2 = json.loads((out / "results.json").read_text())
+    assert res2["paired_vs_ssrl"] == res["paired_vs_ssrl"]
