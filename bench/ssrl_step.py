@@ -8,8 +8,9 @@
 One step is exactly what ``SSRLBrain.fit_batch`` does in the recipe (``hparams/ssrl_ecapa.yaml`` is
 loaded with hyperpyyaml, only sizes and paths overridden; the update phase, so the queue vote is on):
 
-* student: 2 s crop, ``RandomAugment`` of speechbrain ``AddNoise`` / ``AddReverb`` (noise / RIR CSVs
-  written by ``make_augment_csv``), Fbank(80) + sentence mean norm on the device, ECAPA forward, AAM
+* student: 2 s crop, ``RandomAugment`` of the yaml's ``add_noise`` / ``add_reverb`` (``NoiseBank`` /
+  ``RIRBank``: noise / RIR CSVs written by ``make_augment_csv``, loaded once into device memory),
+  Fbank(80) + sentence mean norm on the device, ECAPA forward, AAM
   loss against the current labels weighted by the clean probabilities, backward, Adam step (with
   SpeechBrain's gradient-norm clip);
 * teacher: 6 s clean crop, ECAPA forward (no grad), relabel = nearest of K=8000 AAM prototypes, queue
@@ -23,8 +24,9 @@ Modes
              in ``next(loader)`` / total step time (each step ends with a device sync: ``fit_batch``
              returns the loss on the CPU, so the GPU is idle while the loop waits).
   synthetic  the same step on batches already on the device (no loader): compute only. The student
-             augmentation still reads noise / RIR files (speechbrain's AddNoise/AddReverb load them
-             in the main process), as in training. Followed by a per-phase breakdown (each phase
+             augmentation is the yaml's, as in training (NoiseBank/RIRBank read the noise / RIR
+             files once, on the first step; speechbrain's AddNoise/AddReverb, if put back, read
+             them in the main process on every call). Followed by a per-phase breakdown (each phase
              timed alone between device syncs; see ``phases_ms``).
 
 A run spec is ``precision:mode[:compile][:cudnnbench]`` (precision fp32 | bf16 | fp16; "fp32" keeps
