@@ -128,8 +128,6 @@ def main():
 
     # table
     h_ssrl, h_dino = history(os.path.join(out, "ssrl")), history(os.path.join(out, "dino"))
-    init = load_json(os.path.join(out, "ssrl", "initial_clustering", "report.json")) if os.path.exists(
-        os.path.join(out, "ssrl", "initial_clustering", "report.json")) else {}
     meta = load_json(os.path.join(data, "build_info.json")).get("stats", {})
     lines = ["| system | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | clusters | train wall (min) |",
              "|---|---|---|---|---|---|---|"]
@@ -166,8 +164,7 @@ def main():
         f.write(table + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"results": results, "paired_differences": {k: {"diff": v, "se": se} for k, (v, se) in diffs.items()},
-                   "timings_seconds": timings, "device": device, "precision": precision, "corpus": meta,
-                   "initial_clustering": init}, f, indent=2)
+                   "timings_seconds": timings, "device": device, "precision": precision, "corpus": meta}, f, indent=2)
 
 
 if __name__ == "__main__":

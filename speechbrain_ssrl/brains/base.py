@@ -218,6 +218,29 @@ class SSLBrainBase(sb.Brain):
             opt.zero_grad(set_to_none=True)
         self.optimizer_step += 1
 
+    @staticmethod
+    @torch.no_grad()
+    def sync_buffers(module: torch.nn.Module) -> None:
+        """Averages the float buffers (BN running statistics) of ``module`` over the DDP ranks.
+
+        Each rank's student updates its BN statistics on its own batch, so a teacher that takes
+        them by EMA (or its own train-mode statistics) would drift apart between ranks; averaging
+        after every EMA step keeps every rank's teacher identical.
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world = torch.distributed.get_world_size()
+        bufs = [b for b in module.buffers() if b.is_floating_point()]
+        if not bufs:
+            return
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        i = 0
+        for b in bufs:
+            b.copy_(flat[i : i + b.numel()].view_as(b))
+            i += b.numel()
+
     def before_optimizer_step(self) -> None:
         """Hook after unscaling and before clipping (e.g. freezing a layer's gradient)."""
 

@@ -93,6 +93,7 @@ class DINOBrain(SSLBrainBase):
         m = self.momentum(self.optimizer_step)
         buffers = "none" if self.hparams.teacher_bn == "train" else "ema"
         ema_update_(self._teacher_modules(), self._student_modules(), m, buffers=buffers)
+        self.sync_buffers(self._teacher_modules())
         loss_fn: DINOLoss = self.hparams.dino_loss
         t_out = self._last_teacher_out
         self._entropy_sum += loss_fn.entropy(loss_fn.teacher_targets(t_out))

@@ -168,6 +168,7 @@ class SSRLBrain(SSLBrainBase):
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         if should_step:
             ema_update_(self._teacher_modules(), self._student_modules(), self.momentum(self.optimizer_step), buffers=self._buffer_mode())
+            self.sync_buffers(self._teacher_modules())
 
     def _buffer_mode(self) -> str:
         return "none" if self.hparams.teacher_bn == "train" else "ema"
