@@ -15,7 +15,7 @@ import copy
 from typing import Any, Dict, Optional
 
 import torch
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain_ssrl.state import StateRecoverable
 from torch import nn
 
 __all__ = ["LinearMomentum", "ema_update_", "make_teacher", "unwrap"]
@@ -49,8 +49,7 @@ def _named_tensors(module: nn.Module, kind: str) -> Dict[str, torch.Tensor]:
     return out
 
 
-@register_checkpoint_hooks
-class LinearMomentum:
+class LinearMomentum(StateRecoverable):
     """EMA momentum rising linearly from ``start`` to ``end`` over ``total_steps`` steps.
 
     ``m(step) = start + (end - start) * clamp(step, 0, total_steps) / total_steps``: ``start`` at
@@ -92,14 +91,6 @@ class LinearMomentum:
         self.total_steps = None if state["total_steps"] is None else int(state["total_steps"])
         self.step = int(state["step"])
 
-    @mark_as_saver
-    def _save(self, path) -> None:
-        torch.save(self.state_dict(), path)
-
-    @mark_as_loader
-    def _load(self, path, end_of_epoch) -> None:
-        del end_of_epoch
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     def __repr__(self) -> str:
         return f"LinearMomentum(start={self.start}, end={self.end}, total_steps={self.total_steps}, step={self.step})"

@@ -23,7 +23,7 @@ after 3 at position 2). ``[3, 7, 7, 3, 9]``: both rules give 3. ``[9, 9, 9, 3, 7
 
 ``length=1`` is the "without queue" ablation: the vote is the last pushed label.
 
-The object is a SpeechBrain checkpoint recoverable (``register_checkpoint_hooks``); its state holds
+The object is a SpeechBrain checkpoint recoverable (``state.StateRecoverable``); its state holds
 tensors and plain Python values only (loadable with ``torch.load(weights_only=True)``). Under DDP
 call ``push`` with the all-gathered records so that every rank holds identical queues.
 """
@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain_ssrl.state import StateRecoverable
 
 __all__ = ["PseudoLabelQueue", "unique_last", "changed_fraction"]
 
@@ -70,8 +70,7 @@ def changed_fraction(old: torch.Tensor, new: torch.Tensor) -> float:
     return float((old != new.to(old.device)).double().mean())
 
 
-@register_checkpoint_hooks
-class PseudoLabelQueue:
+class PseudoLabelQueue(StateRecoverable):
     """FIFO of the last ``length`` pseudo labels of each of ``N`` utterances, with majority vote.
 
     Arguments
@@ -300,14 +299,6 @@ class PseudoLabelQueue:
         self.tie = str(state["tie"])
         self.n_pushes = int(state["n_pushes"])
 
-    @mark_as_saver
-    def _save(self, path) -> None:
-        torch.save(self.state_dict(), path)
-
-    @mark_as_loader
-    def _load(self, path, end_of_epoch) -> None:
-        del end_of_epoch  # same state either way
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     def __repr__(self) -> str:
         return (

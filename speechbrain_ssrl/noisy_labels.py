@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain_ssrl.state import StateRecoverable
 
 from speechbrain_ssrl.label_queue import unique_last
 
@@ -193,8 +193,7 @@ def clean_probability(
     ).p
 
 
-@register_checkpoint_hooks
-class NoisyLabelModel:
+class NoisyLabelModel(StateRecoverable):
     """Per-utterance clean probabilities ``p`` (N,), initialised to 1, refitted every epoch.
 
     Arguments
@@ -329,14 +328,6 @@ class NoisyLabelModel:
         self.n_updates = int(state["n_updates"])
         self._last = dict(state["last"])
 
-    @mark_as_saver
-    def _save(self, path) -> None:
-        torch.save(self.state_dict(), path)
-
-    @mark_as_loader
-    def _load(self, path, end_of_epoch) -> None:
-        del end_of_epoch
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     def __repr__(self) -> str:
         return f"NoisyLabelModel(n={self.n}, enabled={self.enabled}, n_updates={self.n_updates})"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 import torch
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain_ssrl.state import StateRecoverable
 
 from speechbrain_ssrl.label_queue import PseudoLabelQueue, changed_fraction
 from speechbrain_ssrl.noisy_labels import NoisyLabelModel
@@ -45,8 +45,7 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[: int(s)] for o, s in zip(out, sizes)]).to(t.device)
 
 
-@register_checkpoint_hooks
-class PseudoLabelState:
+class PseudoLabelState(StateRecoverable):
     """Labels, queues, clean probabilities and the running epoch's teacher records.
 
     Args:
@@ -211,11 +210,3 @@ class PseudoLabelState:
         self._rec_hat = [state["rec_hat"]] if state["rec_hat"].numel() else []
         self._rec_loss = [state["rec_loss"]] if state["rec_loss"].numel() else []
 
-    @mark_as_saver
-    def _save(self, path) -> None:
-        torch.save(self.state_dict(), path)
-
-    @mark_as_loader
-    def _load(self, path, end_of_epoch) -> None:
-        del end_of_epoch
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
