@@ -72,6 +72,9 @@ class IterativeBrain(SSRLBrain):
     is validated and exported (no EMA teacher, see the module docstring).
     """
 
+    #: the starting model of every round is DINO's: no validation in history row 0
+    validate_at_start = False
+
     plot_groups = {"loss": ["loss"], "lr": ["lr"], "eer": ["eer"]}
 
     def __init__(self, *args, **kwargs):
@@ -91,15 +94,6 @@ class IterativeBrain(SSRLBrain):
         h = self.hparams
         warm = int(round(float(getattr(h, "warmup_epochs", 0.0)) * self.steps_per_epoch))
         self.lr_schedule = WarmupCosine(h.lr_start, h.lr_final, warm, self.total_steps)
-
-    def log_start(self) -> None:
-        """History row 0: the round's k-means labels (no validation: the starting model is always DINO's)."""
-        if not if_main_process():
-            return
-        row: Dict[str, object] = {"epoch": 0, "n_clusters": int(torch.unique(self.state.labels).numel()), "phase": "start"}
-        if self.true_labels is not None:
-            row.update(self.state.diagnostics(self.true_labels))
-        self.history.log(row)
 
     # ------------------------------------------------------------------ no teacher
     def teacher_labelling(self, epoch: int) -> bool:

@@ -40,6 +40,9 @@ class SSRLBrain(SSLBrainBase):
     ``teacher_classifier`` (checkpointed, not modules), ``student_augment``; the pseudo-label state
     is created by ``setup_pseudo_labels`` and registered with the checkpointer as ``pseudo_labels``."""
 
+    #: history row 0 also validates the starting teacher (the DINO model)
+    validate_at_start = True
+
     plot_groups = {
         "loss": ["loss"],
         "lr": ["lr"],
@@ -102,7 +105,8 @@ class SSRLBrain(SSLBrainBase):
         row: Dict[str, object] = {"epoch": 0, "n_clusters": int(torch.unique(self.state.labels).numel()), "phase": "start"}
         if self.true_labels is not None:
             row.update(self.state.diagnostics(self.true_labels))
-        row.update(self.validate())
+        if self.validate_at_start:
+            row.update(self.validate())
         self.history.log(row)
 
     def _sync_pruning(self) -> None:
