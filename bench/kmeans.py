@@ -2,7 +2,8 @@
 """k-means benchmark: speechbrain_ssrl.clustering against scikit-learn / faiss (CPU) or plain torch (GPU).
 
 CPU mode (default): 100,000 x 192, K = 1,000 (``--quick``: 20,000 x 64, K = 100), Euclidean, the same
-initial centroids and iteration count for every method: ours (fp32, and bf16 + exact re-check),
+initial centroids and iteration count for every method: ours (fp32 with and without bounds, and bf16 +
+exact re-check),
 scikit-learn ``KMeans(n_init=1, algorithm="lloyd")`` and faiss-cpu ``Kmeans`` when installed. Reports
 seconds per iteration and the final inertia (all evaluated the same way, exactly, from each method's
 final centroids).
@@ -12,8 +13,9 @@ spherical. Per assignment pass on the same centroids: the bf16 matmul floor (pro
 bf16 matmul + argmax, the plain fp32 chunked reference ("the authors' way": argmax of ``x @ C.T`` in
 chunks, TF32 off), ours with the torch backend and with the fused Triton kernel (a small config sweep),
 each with its agreement with the fp32 reference. Then full runs to convergence (no label change or
-relative inertia decrease < 1e-4, at most 100 iterations) of the fp32 reference loop and of ours, from
-the same initial centroids: ms per Lloyd iteration and seconds to convergence.
+relative inertia decrease < 1e-4, at most 100 iterations) of the fp32 reference loop and of ours (with
+and without the bounds that skip rows whose label cannot change; same result), from the same initial
+centroids: ms per Lloyd iteration and seconds to convergence.
 
 GPU data: 5,994 random speaker centres on the unit sphere; each speaker has sessions (videos, about
 24 per speaker as in VoxCeleb2) whose centres lie at cosine ``a ~ U(0.80, 0.90)`` from the speaker
@@ -161,13 +163,16 @@ def run_cpu(args):
         rows.append(r)
         say(f"  {name:28s} {seconds:7.2f} s  {r['ms_per_iter']:8.1f} ms/iter  inertia {inertia:.6g}")
 
-    for prec in ("fp32", "bf16"):
+    for prec, bounds in (("fp32", True), ("fp32", False), ("bf16", True)):
         t = time.perf_counter()
-        res = cl.kmeans(x, K, init=C0, n_iter=T, tol=0.0, spherical=False, precision=prec, progress=args.verbose)
+        res = cl.kmeans(x, K, init=C0, n_iter=T, tol=0.0, spherical=False, precision=prec, bounds=bounds,
+                        progress=args.verbose)
         dt = time.perf_counter() - t
         lloyd = sum(h["seconds"] for h in res.history)
-        record(f"ours torch {prec}", dt, res.n_iter, res.centroids,
-               dict(lloyd_seconds=lloyd, rechecked=res.info["stats"]["rechecked"]))
+        record(f"ours torch {prec}{'' if bounds else ', no bounds'}", dt, res.n_iter, res.centroids,
+               dict(lloyd_seconds=lloyd, rechecked=res.info["stats"]["rechecked"], bounds=bounds,
+                    searched_fraction=[h["searched_local"] / N for h in res.history],
+                    ms_per_iteration=[1000 * h["seconds"] for h in res.history]))
 
     try:
         from sklearn.cluster import KMeans
@@ -406,21 +411,33 @@ def run_gpu(args):
 
         # full runs to convergence from the same init: ours first (the headline), then the reference
         # under what is left of the time budget (a reserve is kept for the next D)
-        say(f"    ours ({backend}) to convergence ...")
-        sync()
-        t = time.perf_counter()
-        ours = cl.kmeans(x, K, init=C0, n_iter=args.max_iter, tol=args.tol, precision="bf16", backend=backend,
-                         progress=args.verbose, verbose=True)
-        sync()
-        total = time.perf_counter() - t
-        it_times = [h["seconds"] for h in ours.history]
-        res["kmeans_ours"] = dict(
-            backend=backend, iterations=ours.n_iter, converged=ours.converged, seconds=total,
-            ms_per_iter=1000 * float(np.mean(it_times)), ms_per_iter_median=1000 * float(np.median(it_times)),
-            inertia=ours.inertia, rechecked_fraction=ours.info["stats"]["rechecked"] / max(ours.info["stats"]["rows"], 1),
-            n_nonempty=int(torch.unique(ours.labels).numel()))
-        say(f"    ours: {ours.n_iter} iterations, {total:.1f} s, {1000 * np.median(it_times):.1f} ms/iter (median), "
-            f"converged {ours.converged}")
+        # ours without bounds first (every iteration searches every row), then with bounds (the default)
+        runs = {}
+        for key, bounds in (("kmeans_ours_no_bounds", False), ("kmeans_ours", True)):
+            say(f"    ours ({backend}, bounds {bounds}) to convergence ...")
+            sync()
+            t = time.perf_counter()
+            ours = cl.kmeans(x, K, init=C0, n_iter=args.max_iter, tol=args.tol, precision="bf16", backend=backend,
+                             bounds=bounds, progress=args.verbose, verbose=True)
+            sync()
+            total = time.perf_counter() - t
+            it_times = [h["seconds"] for h in ours.history]
+            st = ours.info["stats"]
+            res[key] = dict(
+                backend=backend, bounds=bounds, iterations=ours.n_iter, converged=ours.converged, seconds=total,
+                ms_per_iter=1000 * float(np.mean(it_times)), ms_per_iter_median=1000 * float(np.median(it_times)),
+                ms_per_iteration=[1000 * v for v in it_times],
+                searched_fraction=[h["searched_local"] / N for h in ours.history],
+                inertia=ours.inertia, rechecked_fraction=st["rechecked"] / max(st["rows"], 1),
+                n_nonempty=int(torch.unique(ours.labels).numel()))
+            say(f"    ours, bounds {bounds}: {ours.n_iter} iterations, {total:.2f} s, "
+                f"{1000 * np.median(it_times):.1f} ms/iter (median; per iteration: "
+                f"{' '.join(f'{1000 * v:.0f}' for v in it_times)}), converged {ours.converged}")
+            runs[key] = ours
+        a, b = runs["kmeans_ours_no_bounds"], runs["kmeans_ours"]
+        res["bounds_same_result"] = bool(torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids))
+        say(f"    bounds on/off: same labels and centroids: {res['bounds_same_result']}")
+        a = b = runs = None
         # the same final centroids -> the same assignment as the fp32 reference?
         ref_on_ours, _ = ref_assign(x, ours.centroids)
         res["agreement_vs_fp32"]["ours_final_labels_vs_fp32_assign_of_same_centroids"] = float(
@@ -472,10 +489,10 @@ def print_gpu_table(out):
         for key, ms in r.get("assign_ms", {}).items():
             ag = r.get("agreement_vs_fp32", {}).get(key)
             print(f"| {D} | assign: {key} | {ms:.1f} | {'' if ag is None else f'{100 * ag:.4f}%'} |")
-        for key in ("kmeans_reference_fp32", "kmeans_ours"):
+        for key in ("kmeans_reference_fp32", "kmeans_ours_no_bounds", "kmeans_ours"):
             if key in r:
                 k = r[key]
-                print(f"| {D} | {key}: {k['iterations']} it, {k['seconds']:.1f} s to convergence"
+                print(f"| {D} | {key}: {k['iterations']} it, {k['seconds']:.2f} s to convergence"
                       f"{' (' + k['backend'] + ')' if 'backend' in k else ''} | {k['ms_per_iter_median']:.1f} (median) | |")
         if "update_ms" in r:
             print(f"| {D} | centroid sums (CSR / index_add_) | {r['update_ms']['csr_product']:.1f} / "

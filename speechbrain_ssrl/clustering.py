@@ -25,6 +25,11 @@ does it every round. :func:`kmeans` is Lloyd's algorithm with
 * on CUDA, an optional fused **Triton** kernel (``backend="triton"``, chosen by ``"auto"`` when Triton
   works) computes the bf16 product and the running top-3 of every row in registers, so the chunk x K
   block is never written to memory; a one-off self-check against torch guards it;
+* **bounds** (``bounds=True``, :class:`AssignmentBounds`): after the first iterations most rows cannot
+  change cluster; each row keeps an upper bound on its other centroids' scores (Hamerly's bound, with
+  the few centroids that moved most scored directly), and only rows whose own exact score falls below
+  it are searched again. The labels are those of a full search (tested), the work per iteration falls
+  as the centroids settle;
 * **centroid update** as a sparse (CSR) cluster-membership x data product: deterministic, no atomics;
 * **empty clusters** re-seeded deterministically with the points farthest from their centroids;
 * **convergence** when no label changes, or when the inertia drops by less than ``tol`` (relative);
@@ -55,7 +60,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["kmeans", "kmeans_fit", "assign", "KMeansResult", "margin_factor", "kmeans_plusplus"]
+__all__ = ["kmeans", "kmeans_fit", "assign", "KMeansResult", "AssignmentBounds", "margin_factor", "kmeans_plusplus"]
 
 _PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 _BACKENDS = ("auto", "torch", "triton")
@@ -64,6 +69,9 @@ _BACKENDS = ("auto", "torch", "triton")
 _INPUT_U = {"bf16": 2.0**-8, "tf32": 2.0**-10, "fp32": 0.0}
 #: rounding of the product's output: bf16 output from torch.mm, fp32 elsewhere (in the slack below)
 _OUTPUT_U = {"bf16": 2.0**-8, "tf32": 0.0, "fp32": 0.0}
+#: fp32 products and row-wise dots: |computed - exact| <= _FP32_FACTOR (D + 2) sum_i |x_i c_i| (accumulation
+#: over D terms, 2^-24 each, taken 4x, as in margin_factor)
+_FP32_FACTOR = 4.0 * 2.0**-24
 #: top candidates kept per row by the torch backend's "topk" strategy
 _TORCH_TOPK = 4
 #: how the torch backend finds each row's best and runner-up: "topk" (top-4 values and indices) or
@@ -422,7 +430,19 @@ class _Assigner:
         self.x_low = None
         if precision == "bf16":
             self.x_low = x.to(torch.bfloat16)
-        self.stats = {"rows": 0, "rechecked": 0, "full_rows": 0, "exact_full": 0}
+        self.stats = {"rows": 0, "rechecked": 0, "full_rows": 0, "exact_full": 0, "skipped": 0}
+        self._top = None  # per call: (low-precision best index, best value, runner-up value), see runner_up_bound
+
+    def subset(self, rows: torch.Tensor) -> "_Assigner":
+        """The same search over the rows ``rows`` of this shard only (statistics are shared)."""
+        sub = _Assigner.__new__(_Assigner)
+        sub.__dict__.update(self.__dict__)
+        sub.x = self.x.index_select(0, rows)
+        sub.N = int(rows.numel())
+        sub.xnorm = None if self.xnorm is None else self.xnorm.index_select(0, rows)
+        sub.x_low = None if self.x_low is None else self.x_low.index_select(0, rows)
+        sub._top = None
+        return sub
 
     # -- per call -----------------------------------------------------------------------------
     def __call__(self, C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -433,6 +453,11 @@ class _Assigner:
         chunk = self.chunk_size or _default_chunk(K, self.dev)
         labels = torch.empty(self.N, dtype=torch.int64, device=self.dev)
         best = torch.empty(self.N, dtype=torch.float32, device=self.dev)
+        self._top = (
+            torch.empty(self.N, dtype=torch.int64, device=self.dev),
+            torch.empty(self.N, dtype=torch.float32, device=self.dev),
+            torch.empty(self.N, dtype=torch.float32, device=self.dev),
+        )
         self.stats["rows"] += self.N
         if self.precision == "fp32":
             self._run_exact(C, bias, chunk, labels, best)
@@ -443,6 +468,40 @@ class _Assigner:
         else:
             self._run_torch(C, bias, chunk, labels, best)
         return labels, best
+
+    def _keep_top(self, s: int, e: int, i1: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor) -> None:
+        t_i, t_v1, t_v2 = self._top
+        t_i[s:e] = i1
+        t_v1[s:e] = v1
+        t_v2[s:e] = v2
+
+    def score_error(self, C: torch.Tensor, rows: Optional[torch.Tensor] = None, exact: bool = False,
+                    backend: Optional[str] = None) -> torch.Tensor:
+        """Per-row bound (R,) on ``|computed score - exact score|`` of this search's products against
+        centroids ``C`` (``backend``: of that backend's products instead; ``exact``: of an fp32 product
+        or row-wise dot, whatever the precision)."""
+        bias = None if self.spherical else -0.5 * (C * C).sum(1)
+        if exact or self.precision == "fp32":
+            f = _FP32_FACTOR * (self.D + 2)
+            backend = "torch"
+        else:
+            backend = backend or self.backend
+            f = margin_factor(self.precision, self.D + (0 if bias is None else 1), backend, bias is not None)
+        cmax = float(C.norm(dim=1).max())
+        bmax = 0.0 if (bias is None or (backend == "triton" and not exact)) else float(bias.abs().max())
+        if self.spherical:
+            xn = torch.ones(self.N if rows is None else rows.numel(), device=self.dev)
+        else:
+            xn = self.xnorm if rows is None else self.xnorm[rows]
+        return f * (xn * (cmax * (1 + 1e-6)) + bmax * (1 + 1e-6)) * (1 + 1e-5)
+
+    def runner_up_bound(self, C: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Upper bound (N,) on the exact score of every centroid other than ``labels`` (the labels the
+        last call returned), from that call's low-precision best and runner-up values: a row whose
+        exact label is its low-precision best has no other score above the runner-up value; otherwise
+        the low-precision best itself is the largest other score. Plus the error bound of one score."""
+        i1, v1, v2 = self._top
+        return torch.where(labels == i1, v2, v1) + self.score_error(C)
 
     def _margin(self, rows, C, bias, backend):
         """Per-row margin (R,) below the row's best low-precision score inside which ties are re-checked."""
@@ -483,6 +542,12 @@ class _Assigner:
                 v, i = S.max(dim=1)
                 labels[s : s + chunk] = i
                 best[s : s + chunk] = v
+                if S.shape[1] > 1:
+                    S.scatter_(1, i[:, None], float("-inf"))
+                    v2 = S.amax(dim=1)
+                else:
+                    v2 = torch.full_like(v, float("-inf"))
+                self._keep_top(s, s + xr.shape[0], i, v, v2)
 
     def _run_torch(self, C, bias, chunk, labels, best):
         K = C.shape[0]
@@ -502,6 +567,7 @@ class _Assigner:
                     S.scatter_(1, i1[:, None], float("-inf"))
                     v2 = S.amax(dim=1)
                     bst = v1.float()
+                    self._keep_top(s, e, i1, bst, v2.float())
                     amb = v2.float() >= bst - margin[s:e]
                     rows = torch.nonzero(amb).squeeze(1)
                     if rows.numel():  # only the ambiguous rows get the top-m treatment
@@ -517,6 +583,7 @@ class _Assigner:
                     continue
                 vals, idx = S.topk(m, dim=1)
                 vals = vals.float()
+                self._keep_top(s, e, idx[:, 0], vals[:, 0], vals[:, 1] if m > 1 else torch.full_like(vals[:, 0], float("-inf")))
                 if m < K:
                     known = idx[:, : m - 1]
                 else:
@@ -531,6 +598,7 @@ class _Assigner:
         else:
             V, I = triton_top3(self.x_low, C.to(torch.bfloat16), bias)
         margin = self._margin(None, C, bias, "triton")
+        self._keep_top(0, self.N, I[:, 0], V[:, 0], V[:, 1])
         # rows are resolved in slices to bound the temporary memory of the exact re-check
         step = 1 << 18
         with _matmul_mode("highest"):
@@ -824,6 +892,117 @@ def _gather_global_rows(xf: torch.Tensor, gidx: torch.Tensor, offset: int, dist:
 
 
 # ----------------------------------------------------------------------------------------------
+# bounds: skip the rows whose label cannot change
+# ----------------------------------------------------------------------------------------------
+class AssignmentBounds:
+    """Hamerly's bounds (Hamerly 2010) for Lloyd iterations, exact in mixed precision.
+
+    After a search, every row ``i`` keeps an upper bound ``u_i`` on the exact score of every centroid
+    other than its own (from the low-precision runner-up plus that product's error bound). When the
+    centroids move, the score of centroid ``j`` cannot rise by more than ``|x_i| |c_j' - c_j| +
+    |b_j' - b_j|`` (``b = -|c|^2 / 2`` in Euclidean mode). A few centroids move far (re-seeded ones,
+    small clusters) while most barely move, so the ``movers`` centroids that moved most are scored
+    directly (one small low-precision product, plus its error bound) and ``u_i`` grows only by the
+    largest move among the others. A row whose exact score for its own (moved) centroid, less its fp32
+    error, still exceeds both keeps its label for certain; only the other rows are searched again (all
+    of them when more than ``full_fraction`` are). The labels are those of a full search, so k-means
+    gives the same result with and without bounds.
+    """
+
+    def __init__(self, assigner: _Assigner, full_fraction: float = 0.5, movers: Optional[int] = None,
+                 step: Optional[int] = None):
+        self.a = assigner
+        self.full_fraction = full_fraction
+        self.movers = movers  # default: max(16, K // 16)
+        # rows per block of the row-wise products (small on the CPU: the gathered centroids stay in cache)
+        self.step = step or (1 << 17 if assigner.dev.type == "cuda" else 4096)
+        self.C_prev: Optional[torch.Tensor] = None
+        self.upper: Optional[torch.Tensor] = None
+
+    def _movers_max(self, C: torch.Tensor, O: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Upper bound (N,) on the exact scores of centroids ``O`` other than each row's own."""
+        a = self.a
+        CO = C.index_select(0, O)
+        bO = None if a.spherical else -0.5 * (CO * CO).sum(1)
+        if a.precision == "fp32":
+            xl, Cl, bl = a.x, CO, bO
+        else:
+            xl, Cl, bl = a._low_inputs(CO, bO)
+        out = torch.empty(a.N, dtype=torch.float32, device=a.dev)
+        with _matmul_mode("highest"):
+            for s in range(0, a.N, self.step):
+                e = min(s + self.step, a.N)
+                S = a._low_scores(xl[s:e], Cl, bl) if a.precision != "fp32" else (
+                    xl[s:e] @ Cl.T if bl is None else torch.addmm(bl, xl[s:e], Cl.T))
+                S = S.float().masked_fill_(labels[s:e, None] == O[None, :], float("-inf"))
+                out[s:e] = S.amax(dim=1)
+        return out + a.score_error(C, backend="torch")
+
+    def _own_scores(self, C: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Exact-in-fp32 score of each row's own centroid, row-wise (chunked)."""
+        x = self.a.x
+        out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+        bias = None if self.a.spherical else -0.5 * (C * C).sum(1)
+        for s in range(0, x.shape[0], self.step):
+            lab = labels[s : s + self.step]
+            v = (x[s : s + self.step] * C.index_select(0, lab)).sum(1)
+            out[s : s + self.step] = v if bias is None else v + bias.index_select(0, lab)
+        return out
+
+    def __call__(self, C: torch.Tensor, labels: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Labels (N,) and best scores (N,) for centroids ``C``; ``labels`` are the previous call's."""
+        a = self.a
+        C = C.to(a.dev, torch.float32).contiguous()
+        if self.C_prev is None or labels is None or self.C_prev.shape != C.shape:
+            return self._search_all(C)
+        K = C.shape[0]
+        move = (C - self.C_prev).norm(dim=1)
+        db = None
+        if not a.spherical:
+            db = 0.5 * ((C * C).sum(1) - (self.C_prev * self.C_prev).sum(1)).abs()
+        m = min(K - 1, self.movers if self.movers is not None else max(16, K // 16))
+        O = None
+        if m > 0:
+            key = move if db is None else move + db  # rank by the rise of a unit-norm row
+            O = key.topk(m).indices
+            rest = torch.ones(K, dtype=torch.bool, device=a.dev)
+            rest[O] = False
+            move_r, db_r = move[rest].max(), (None if db is None else db[rest].max())
+        else:
+            move_r, db_r = move.max(), (None if db is None else db.max())
+        rise = move_r.expand(a.N) if a.spherical else a.xnorm * move_r + db_r
+        upper = self.upper + rise * (1 + 1e-6)
+        if O is not None:
+            upper = torch.maximum(upper, self._movers_max(C, O, labels))
+        own = self._own_scores(C, labels)
+        err = a.score_error(C, exact=True)
+        # own - err <= the exact own score; 2 err more cover the fp32 search's own rounding
+        safe = (own - 3.0 * err) > upper
+        rows = torch.nonzero(~safe).squeeze(1)
+        n = int(rows.numel())
+        if n > self.full_fraction * a.N:
+            return self._search_all(C)
+        a.stats["skipped"] += a.N - n
+        labels = labels.clone()
+        best = own
+        if n:
+            sub = a.subset(rows)
+            l, b = sub(C)
+            labels[rows] = l
+            best[rows] = b
+            upper[rows] = sub.runner_up_bound(C, l)
+        self.upper = upper
+        self.C_prev = C
+        return labels, best
+
+    def _search_all(self, C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        labels, best = self.a(C)
+        self.upper = self.a.runner_up_bound(C, labels)
+        self.C_prev = C
+        return labels, best
+
+
+# ----------------------------------------------------------------------------------------------
 # the main entry
 # ----------------------------------------------------------------------------------------------
 def kmeans(
@@ -842,6 +1021,7 @@ def kmeans(
     tie_margin: Optional[float] = None,
     backend: str = "auto",
     distributed: Optional[bool] = None,
+    bounds: bool = True,
     progress: bool = False,
     verbose: bool = False,
 ) -> KMeansResult:
@@ -868,6 +1048,9 @@ def kmeans(
             "triton".
         distributed: None = use torch.distributed when initialised (world size > 1); False = never;
             True = required.
+        bounds: skip rows whose label provably cannot change (Hamerly's bounds, see
+            :class:`AssignmentBounds`): same labels and centroids as without, less work per iteration
+            once the centroids move little. Off when ``tie_margin`` is given.
         progress: print one line per iteration (rank 0). verbose: log one line per iteration (INFO).
     Returns:
         :class:`KMeansResult`: unpacks as ``(centroids (k, D) fp32, labels (N,) int64)``, both on the
@@ -984,6 +1167,7 @@ def kmeans(
             return N - dot
         return sq_total - 2.0 * dot + float((counts.double() * (C_used.double() ** 2).sum(1)).sum())
 
+    bnd = AssignmentBounds(assigner) if (bounds and tie_margin is None) else None
     history: List[Dict[str, Any]] = []
     prev_labels = None
     prev_inertia = None
@@ -995,7 +1179,8 @@ def kmeans(
     for it in range(1, n_iter + 1):
         ti = time.perf_counter()
         amb0 = assigner.stats["rechecked"]
-        labels, best = assigner(C)
+        rows0 = assigner.stats["rows"]
+        labels, best = bnd(C, labels) if bnd is not None else assigner(C)
         sums, counts = reduce_stats(labels)
         inertia = inertia_of(C, sums, counts)
         if prev_labels is None:
@@ -1010,12 +1195,14 @@ def kmeans(
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - ti
         rechecked = assigner.stats["rechecked"] - amb0
-        rec = dict(iter=it, inertia=inertia, changed=changed, empty=n_empty, rechecked_local=rechecked, seconds=dt)
+        searched = assigner.stats["rows"] - rows0
+        rec = dict(iter=it, inertia=inertia, changed=changed, empty=n_empty, rechecked_local=rechecked,
+                   searched_local=searched, seconds=dt)
         history.append(rec)
         if rank0 and (progress or verbose):
             line = (
                 f"kmeans iter {it:3d}: inertia {inertia:.6g}  changed {changed} ({changed / N:.3%})  "
-                f"empty {n_empty}  rechecked {rechecked}  {dt * 1000:.1f} ms"
+                f"empty {n_empty}  searched {searched}  rechecked {rechecked}  {dt * 1000:.1f} ms"
             )
             if progress:
                 print(line, file=sys.stderr, flush=True)
@@ -1035,7 +1222,7 @@ def kmeans(
         reseeded_prev = n_empty > 0
 
     if not consistent:  # final assignment so that labels and centroids agree
-        labels, best = assigner(C)
+        labels, best = bnd(C, labels) if bnd is not None else assigner(C)
         sums, counts = reduce_stats(labels)
         inertia = inertia_of(C, sums, counts)
     n_empty_final = int((counts == 0).sum())

@@ -204,6 +204,63 @@ def test_empty_cluster_reseeded_spherical_duplicate_init():
 
 
 # ------------------------------------------------------------------------------------------------
+# bounds (rows whose label cannot change are not searched again)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spherical,precision", [(True, "fp32"), (False, "fp32"), (True, "bf16"), (False, "bf16")])
+def test_bounds_give_the_same_run_with_less_search(spherical, precision):
+    x, _ = blobs(n=3000, k=40, d=32, spread=0.6, seed=8)
+    kw = dict(spherical=spherical, precision=precision, seed=3, n_iter=40, tol=0, chunk_size=500)
+    a = kmeans(x, 50, bounds=False, **kw)
+    b = kmeans(x, 50, bounds=True, **kw)
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+    assert a.n_iter == b.n_iter and a.inertia == b.inertia and a.converged == b.converged
+    assert a.info["stats"]["skipped"] == 0 and all(h["searched_local"] == 3000 for h in a.history)
+    # not vacuous: later iterations searched only some rows
+    assert b.info["stats"]["skipped"] > 0
+    assert min(h["searched_local"] for h in b.history) < 3000 // 2
+
+
+def test_bounds_with_reseeding_and_far_moves():
+    x, _ = blobs(n=900, k=3, d=8, seed=6)
+    init = torch.stack([x[0], x[0], x[1], x[2]])  # duplicates: a cluster is emptied and re-seeded
+    for spherical in (True, False):
+        a = kmeans(x, 4, init=init, n_iter=30, spherical=spherical, bounds=False)
+        b = kmeans(x, 4, init=init, n_iter=30, spherical=spherical, bounds=True)
+        assert a.history[0]["empty"] >= 1
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+
+
+@pytest.mark.parametrize("movers", [0, 3, None])
+@pytest.mark.parametrize("spherical", [True, False])
+def test_bounds_catch_a_centroid_that_jumps_onto_a_row(spherical, movers):
+    """One centroid moves onto row 7 while the others stay: row 7 (and any row now closer to it)
+    must be relabelled, the rest may be skipped; the result equals a full search."""
+    from speechbrain_ssrl.clustering import AssignmentBounds, _Assigner, _prepare
+
+    x, _ = blobs(n=600, k=6, d=16, spread=0.3, seed=9)
+    xf = _prepare(x, None, spherical)
+    g = torch.Generator().manual_seed(1)
+    C = xf[torch.randperm(600, generator=g)[:6]].clone()
+    for precision in ("fp32", "bf16"):
+        bnd = AssignmentBounds(_Assigner(xf, spherical, precision, "torch", None, None), movers=movers)
+        labels, _ = bnd(C, None)
+        C2 = C.clone()
+        j = int((labels[7] + 1) % 6)
+        C2[j] = xf[7]
+        got, best = bnd(C2, labels)
+        ref = ref_assign(xf, C2, spherical)
+        assert torch.equal(got, ref) and got[7] == j
+        if movers != 0:  # the jumper is scored directly, the others barely moved: most rows skip
+            assert bnd.a.stats["skipped"] > 300
+        # the bound holds: no other centroid scores above it (float64)
+        S = xf.double() @ C2.double().T
+        if not spherical:
+            S = S - 0.5 * (C2.double() ** 2).sum(1)
+        S[torch.arange(600), got] = float("-inf")
+        assert bool((S.max(1).values <= bnd.upper.double()).all())
+
+
+# ------------------------------------------------------------------------------------------------
 # bad input
 # ------------------------------------------------------------------------------------------------
 def test_bad_input():
@@ -335,6 +392,11 @@ def test_triton_kernel_logic_in_interpreter():
             ref = cl.assign(x, c, spherical=sph, precision="fp32")
             got = cl.assign(x, c, spherical=sph, precision="bf16", backend="triton", tie_margin=0.3)
             assert torch.equal(ref, got), sph
+        # k-means on the kernel with and without bounds
+        x = torch.randn(400, 16, generator=g) + 3 * torch.randn(8, 16, generator=g).repeat(50, 1)
+        runs = [cl.kmeans(x, 10, precision="bf16", backend="triton", seed=0, tol=0, bounds=b) for b in (False, True)]
+        assert torch.equal(runs[0].labels, runs[1].labels) and torch.equal(runs[0].centroids, runs[1].centroids)
+        assert runs[1].info["stats"]["skipped"] > 0
         print("OK")
         """
     )
