@@ -143,6 +143,19 @@ def test_kmeans_bf16_equals_fp32_run(spherical):
     assert b.info["precision"] == "bf16" and b.info["stats"]["rechecked"] > 0
 
 
+def test_fp16_spherical_equals_fp32_run_and_refuses_euclidean():
+    x, _ = blobs(n=3000, k=30, d=24, spread=0.3, seed=2)
+    a = kmeans(x, 30, precision="fp32", seed=5, n_iter=30, tol=0)
+    h = kmeans(x, 30, precision="fp16", seed=5, n_iter=30, tol=0)
+    b = kmeans(x, 30, precision="bf16", seed=5, n_iter=30, tol=0)
+    assert torch.equal(a.labels, h.labels) and torch.allclose(a.centroids, h.centroids, atol=1e-6)
+    # fp16's finer rounding leaves fewer rows inside the re-check margin than bf16's
+    assert 0 < h.info["stats"]["rechecked"] < b.info["stats"]["rechecked"]
+    assert margin_factor("fp16", 512) < margin_factor("bf16", 512) / 4
+    with pytest.raises(ValueError, match="spherical"):
+        kmeans(x, 30, precision="fp16", spherical=False)
+
+
 def test_margin_factor_bounds():
     assert margin_factor("fp32", 512) == 0.0
     f = margin_factor("bf16", 512)
@@ -405,7 +418,8 @@ def test_triton_kernel_logic_in_interpreter():
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
 
 
-def test_triton_kernel_compiles_for_hopper():
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_triton_kernel_compiles_for_hopper(dtype):
     """Ahead-of-time compile for sm_90 (no GPU needed): the kernel lowers to wgmma, is software-pipelined
     (several shared-memory stages) and does not spill registers."""
     pytest.importorskip("triton")
@@ -420,7 +434,7 @@ def test_triton_kernel_compiles_for_hopper():
 
     kern = cl._define_triton_kernel()
     cfg = dict(cl.TRITON_CONFIG)
-    sig = dict(X="*bf16", C="*bf16", Bias="*fp32", V="*fp32", I="*i32", N="i32", K="i32", D="constexpr",
+    sig = dict(X=f"*{dtype}", C=f"*{dtype}", Bias="*fp32", V="*fp32", I="*i32", N="i32", K="i32", D="constexpr",
                HAS_BIAS="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr")
     const = dict(D=192, HAS_BIAS=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(5)}  # torch allocations are 16-byte aligned
