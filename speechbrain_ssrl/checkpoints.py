@@ -35,9 +35,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-import yaml
 from speechbrain.utils.checkpoints import (
-    CKPT_PREFIX,
     Checkpointer,
     ckpt_recency,
     mark_as_loader,

@@ -37,20 +37,11 @@ TEMPLATE_NAME = "inference_ecapa.yaml"
 EXPORT_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "ecapa.json", "export_info.json")
 #: checkpoint files of a SpeechBrain ``CKPT+...`` folder that may hold the encoder, best first
 CKPT_CANDIDATES = ("teacher.ckpt", "teacher_model.ckpt", "teacher_encoder.ckpt", "embedding_model.ckpt")
+#: ``ECAPA_TDNN`` arguments that the recipe yamls set under the same name (``input_size`` and
+#: ``lin_neurons`` come from ``n_mels`` and ``emb_dim``); the one list the Brains and checks use
+RECIPE_ARCH_KEYS = ("channels", "kernel_sizes", "dilations", "attention_channels", "res2net_scale", "se_channels", "groups")
 #: architecture arguments of ``ECAPA_TDNN`` written to the yaml (``device``/``dropout`` are not)
-ARCH_KEYS = (
-    "input_size",
-    "lin_neurons",
-    "channels",
-    "kernel_sizes",
-    "dilations",
-    "attention_channels",
-    "res2net_scale",
-    "se_channels",
-    "global_context",
-    "groups",
-    "activation",
-)
+ARCH_KEYS = ("input_size", "lin_neurons") + RECIPE_ARCH_KEYS + ("global_context", "activation")
 IGNORED_KEYS = ("device", "dropout")
 
 

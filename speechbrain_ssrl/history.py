@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 
 class History:

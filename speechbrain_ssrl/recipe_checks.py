@@ -30,23 +30,13 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
-import yaml
+from speechbrain_ssrl.export import RECIPE_ARCH_KEYS
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "run_settings.json"
 #: hparams whose change makes a checkpoint unusable (architecture, number of prototypes, queue shape)
-SETTINGS_KEYS = (
-    "stage",
-    "n_mels",
-    "emb_dim",
-    "channels",
-    "kernel_sizes",
-    "dilations",
-    "attention_channels",
-    "res2net_scale",
-    "se_channels",
-    "groups",
+SETTINGS_KEYS = ("stage", "n_mels", "emb_dim") + RECIPE_ARCH_KEYS + (
     "n_prototypes",
     "head_hidden",
     "head_bottleneck",

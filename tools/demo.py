@@ -127,7 +127,7 @@ def main():
     results["mfcc"] = next(iter(load_json(mfcc_json).values()))
 
     # table
-    h_ssrl, h_dino = history(os.path.join(out, "ssrl")), history(os.path.join(out, "dino"))
+    h_ssrl = history(os.path.join(out, "ssrl"))
     meta = load_json(os.path.join(data, "build_info.json")).get("stats", {})
     lines = ["| system | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | clusters | train wall (min) |",
              "|---|---|---|---|---|---|---|"]

@@ -27,11 +27,11 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain_ssrl.bn_recalibration import recalibrate_bn
 from speechbrain_ssrl.checkpoints import RNGState
 from speechbrain_ssrl.data.views import clean_crop_batches, read_csv_rows
+from speechbrain_ssrl.export import RECIPE_ARCH_KEYS
 from speechbrain_ssrl.history import History, plot_history
 
 logger = logging.getLogger(__name__)
 
-ECAPA_KEYS = ("channels", "kernel_sizes", "dilations", "attention_channels", "res2net_scale", "se_channels", "groups")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -325,7 +325,7 @@ class SSLBrainBase(sb.Brain):
     def ecapa_kwargs(self) -> Dict[str, object]:
         h = self.hparams
         kw: Dict[str, object] = {"input_size": int(h.n_mels), "lin_neurons": int(h.emb_dim)}
-        for k in ECAPA_KEYS:
+        for k in RECIPE_ARCH_KEYS:
             if hasattr(h, k):
                 v = getattr(h, k)
                 kw[k] = list(v) if isinstance(v, (list, tuple)) else v

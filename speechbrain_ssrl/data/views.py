@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -5,23 +5,14 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
-from recipe_utils import RECIPE, TINY_DINO, TINY_ECAPA, history, run_recipe
+from recipe_utils import RECIPE, TINY_ECAPA, history, run_recipe
 
 
-@pytest.fixture(scope="module")
-def dino_for_ddp(minivox_ci, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dino_for_ddp"))
-    run_recipe("train.py", "hparams/minivox/dino_ecapa.yaml", f"--data_folder={minivox_ci}", f"--output_folder={out}",
-               "--number_of_epochs=1", *TINY_DINO)
-    return out
-
-
-def test_ssrl_torchrun_two_cpu_ranks(minivox_ci, dino_for_ddp, tmp_path):
+def test_ssrl_torchrun_two_cpu_ranks(minivox_ci, dino_ci, tmp_path):
     # one epoch in which the teacher relabels, the labels are updated, clusters pruned and the GMM fitted
-    args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_for_ddp}", "--K0=16", "--fixed_label_epochs=1",
+    args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", "--K0=16", "--fixed_label_epochs=1",
             "--number_of_epochs=1", "--dump_rank_state=True", *[a for a in TINY_ECAPA if not a.startswith("--batch_size")]]
     ddp_out = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -3,18 +3,9 @@
 import math
 import os
 
-import pytest
 import torch
 
-from recipe_utils import TINY_DINO, TINY_ECAPA, history, run_recipe
-
-
-@pytest.fixture(scope="module")
-def dino_ci(minivox_ci, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dino_for_ssrl"))
-    run_recipe("train.py", "hparams/minivox/dino_ecapa.yaml", f"--data_folder={minivox_ci}", f"--output_folder={out}",
-               "--number_of_epochs=1", *TINY_DINO)
-    return out
+from recipe_utils import TINY_ECAPA, history, run_recipe
 
 
 def test_ssrl_updates_labels_prunes_and_exports(minivox_ci, dino_ci, tmp_path):
