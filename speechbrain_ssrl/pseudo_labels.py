@@ -117,6 +117,23 @@ class PseudoLabelState(StateRecoverable):
         del self._rec_idx[mark:], self._rec_hat[mark:], self._rec_loss[mark:]
         return n
 
+    def gather_records_to_main(self) -> int:
+        """Under DDP, before an intra-epoch checkpoint (collective: every rank calls it, as SpeechBrain
+        does with ``_save_intra_epoch_ckpt``): rank 0 takes every rank's records of the running epoch and
+        the other ranks drop theirs, so the checkpoint, which rank 0 writes, holds all of them and the
+        end-of-epoch gather still counts each record once. Returns the number of records rank 0 holds."""
+        if not _dist():
+            return self.n_recorded()
+        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
+        idx = all_gather_cat(cat(self._rec_idx, torch.long))
+        hat = all_gather_cat(cat(self._rec_hat, torch.long))
+        loss = all_gather_cat(cat(self._rec_loss, torch.float32))
+        if torch.distributed.get_rank() == 0 and idx.numel():
+            self._rec_idx, self._rec_hat, self._rec_loss = [idx], [hat], [loss]
+        else:
+            self._rec_idx, self._rec_hat, self._rec_loss = [], [], []
+        return int(idx.numel())
+
     # ------------------------------------------------------------------ end of epoch
     def end_epoch(self, update_labels: bool, prune: bool) -> Dict[str, Any]:
         """Gathers the records of all ranks, pushes them into the queues, updates labels / pruning / GMM.
@@ -209,4 +226,8 @@ class PseudoLabelState(StateRecoverable):
         self._rec_idx = [state["rec_idx"]] if state["rec_idx"].numel() else []
         self._rec_hat = [state["rec_hat"]] if state["rec_hat"].numel() else []
         self._rec_loss = [state["rec_loss"]] if state["rec_loss"].numel() else []
+        if _dist() and torch.distributed.get_rank() != 0:
+            # every rank reads the same checkpoint, but only rank 0 holds the running epoch's records
+            # (gather_records_to_main): a copy on each rank would be counted world-size times
+            self._rec_idx, self._rec_hat, self._rec_loss = [], [], []
 

@@ -174,6 +174,12 @@ class SSRLBrain(SSLBrainBase):
             ema_update_(self._teacher_modules(), self._student_modules(), self.momentum(self.optimizer_step), buffers=self._buffer_mode())
             self.sync_buffers(self._teacher_modules())
 
+    def _save_intra_epoch_ckpt(self):
+        # SpeechBrain calls this on every rank at the same step (the decision is broadcast), and the
+        # checkpointer writes on rank 0 only: rank 0 first takes the other ranks' records of this epoch
+        self.state.gather_records_to_main()
+        super()._save_intra_epoch_ckpt()
+
     def _buffer_mode(self) -> str:
         return "none" if self.hparams.teacher_bn == "train" else "ema"
 

@@ -18,7 +18,9 @@ def test_ssrl_torchrun_two_cpu_ranks(minivox_ci, dino_ci, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            "hparams/minivox/ssrl_ecapa.yaml", *args, f"--output_folder={ddp_out}", "--batch_size=4", "--distributed_backend=gloo",
-           "--noprogressbar"]
+           "--noprogressbar",
+           # intra-epoch checkpoints every 2 steps: rank 0 gathers the other rank's records each time
+           "--ckpt_interval_minutes=0", "--ckpt_interval_steps=2"]
     proc = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     r0 = torch.load(os.path.join(ddp_out, "rank_state", "rank0.pt"), weights_only=True)

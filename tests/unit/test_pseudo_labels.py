@@ -91,3 +91,64 @@ def test_diagnostics_against_true_labels():
     true = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
     d = st.diagnostics(true)
     assert d["purity"] == 1.0 and d["label_correct"] == 1.0 and 0 < d["nmi"] < 1
+
+
+# ------------------------------------------------------------------------------------------------
+# DDP: an intra-epoch checkpoint keeps every rank's records of the running epoch, each once
+# ------------------------------------------------------------------------------------------------
+def _ddp_records_worker(rank, world, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        y0 = torch.arange(12) % 4
+        hat = torch.tensor([1, 1, 2, 2, 3, 3, 0, 0, 1, 2, 3, 0])
+        loss = torch.linspace(0.1, 2.0, 12)
+        part_a = torch.arange(4) + 4 * rank  # utterances 0-3 on rank 0, 4-7 on rank 1
+        part_b = torch.arange(2) + 8 + 2 * rank  # 8-9, 10-11
+
+        def run(interrupt):
+            st = PseudoLabelState(y0, n_clusters=4, queue_length=3)
+            st.record(part_a, hat[part_a], loss[part_a])
+            if interrupt:  # what SSRLBrain._save_intra_epoch_ckpt does, then a restart from that file
+                held = st.gather_records_to_main()
+                path = os.path.join(out_dir, "pl.ckpt")
+                if rank == 0:
+                    assert held == 8 and st.n_recorded() == 8
+                    st._save(path)
+                else:
+                    assert st.n_recorded() == 0
+                dist.barrier()
+                st = PseudoLabelState(y0, n_clusters=4, queue_length=3)
+                st._load(path, end_of_epoch=False)
+                assert st.n_recorded() == (8 if rank == 0 else 0)
+            st.record(part_b, hat[part_b], loss[part_b])
+            stats = st.end_epoch(update_labels=True, prune=True)
+            return dict(idx=st._last_idx.sort().values, labels=st.labels, n=stats["n_relabelled"],
+                        weights=st.weights(torch.arange(12)))
+
+        torch.save(dict(ref=run(False), resumed=run(True)), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_intra_epoch_checkpoint_keeps_every_rank_record_once(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_records_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        r = torch.load(tmp_path / f"rank{rank}.pt")
+        for run in ("ref", "resumed"):
+            assert r[run]["n"] == 12 and torch.equal(r[run]["idx"], torch.arange(12)), (rank, run)
+        assert torch.equal(r["ref"]["labels"], r["resumed"]["labels"])
+        assert torch.allclose(r["ref"]["weights"], r["resumed"]["weights"])
