@@ -309,7 +309,9 @@ def _define_triton_kernel():
 
 
 def _make_kernel():
-    @triton.jit
+    # N varies from call to call once bounds search row subsets: no per-value specialisation (Triton
+    # would otherwise compile a variant for N % 16 == 0 and N == 1 on first sight, ~1 s each)
+    @triton.jit(do_not_specialize=["N", "K"])
     def _top3_kernel(
         X, C, Bias, V, I, N, K,
         D: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -975,7 +977,8 @@ class AssignmentBounds:
             O = key.topk(m).indices
             rest = torch.ones(K, dtype=torch.bool, device=a.dev)
             rest[O] = False
-            move_r, db_r = move[rest].max(), (None if db is None else db[rest].max())
+            move_r = move.masked_fill(~rest, 0.0).max()
+            db_r = None if db is None else db.masked_fill(~rest, 0.0).max()
         else:
             move_r, db_r = move.max(), (None if db is None else db.max())
         rise = move_r.expand(a.N) if a.spherical else a.xnorm * move_r + db_r
