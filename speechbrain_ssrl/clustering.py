@@ -923,11 +923,24 @@ class AssignmentBounds:
                  step: Optional[int] = None):
         self.a = assigner
         self.full_fraction = full_fraction
-        self.movers = movers  # default: max(16, K // 16)
+        self.movers = movers  # default: chosen per iteration (_choose_movers)
         # rows per block of the row-wise products (small on the CPU: the gathered centroids stay in cache)
         self.step = step or (1 << 17 if assigner.dev.type == "cuda" else 4096)
         self.C_prev: Optional[torch.Tensor] = None
         self.upper: Optional[torch.Tensor] = None
+
+    def _choose_movers(self, K: int, lhs: torch.Tensor, rise) -> int:
+        """How many of the farthest-moved centroids to score directly: the count among 0, K/64 ... K/4
+        that minimises its product's cost (m/K of a full search) plus the fraction of rows still to
+        search, estimated from the other centroids' moves alone (one pass over the rows)."""
+        if self.movers is not None:
+            return max(0, min(K - 1, int(self.movers)))
+        cand = sorted({0, *[min(K - 1, max(1, K // d)) for d in (64, 32, 16, 8, 4)]})
+        cand = [c for c in cand if 0 <= c < K]
+        mt = torch.tensor(cand, device=lhs.device)
+        frac = (lhs[:, None] <= self.upper[:, None] + rise(mt)).float().mean(0).tolist()
+        cost = [c / K + (f if f <= self.full_fraction else 1.0) for c, f in zip(cand, frac)]
+        return cand[min(range(len(cand)), key=cost.__getitem__)]
 
     def _movers_max(self, C: torch.Tensor, O: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Upper bound (N,) on the exact scores of centroids ``O`` other than each row's own."""
@@ -970,25 +983,24 @@ class AssignmentBounds:
         db = None
         if not a.spherical:
             db = 0.5 * ((C * C).sum(1) - (self.C_prev * self.C_prev).sum(1)).abs()
-        m = min(K - 1, self.movers if self.movers is not None else max(16, K // 16))
-        O = None
-        if m > 0:
-            key = move if db is None else move + db  # rank by the rise of a unit-norm row
-            O = key.topk(m).indices
-            rest = torch.ones(K, dtype=torch.bool, device=a.dev)
-            rest[O] = False
-            move_r = move.masked_fill(~rest, 0.0).max()
-            db_r = None if db is None else db.masked_fill(~rest, 0.0).max()
-        else:
-            move_r, db_r = move.max(), (None if db is None else db.max())
-        rise = move_r.expand(a.N) if a.spherical else a.xnorm * move_r + db_r
-        upper = self.upper + rise * (1 + 1e-6)
-        if O is not None:
-            upper = torch.maximum(upper, self._movers_max(C, O, labels))
+        # centroids by how far they can raise a unit-norm row's score; suffix maxima: the largest move /
+        # bias change among all but the first m
+        order = (move if db is None else move + db).argsort(descending=True)
+        suf_move = move[order].flip(0).cummax(0).values.flip(0)
+        suf_db = None if db is None else db[order].flip(0).cummax(0).values.flip(0)
         own = self._own_scores(C, labels)
         err = a.score_error(C, exact=True)
-        # own - err <= the exact own score; 2 err more cover the fp32 search's own rounding
-        safe = (own - 3.0 * err) > upper
+        lhs = own - 3.0 * err  # <= the exact own score, less 2 err for the fp32 search's own rounding
+
+        def rise(m: torch.Tensor) -> torch.Tensor:  # (M,) movers counts -> (N, M) bound on the others' rise
+            r = suf_move[m].unsqueeze(0).expand(a.N, -1)
+            return r if db is None else a.xnorm[:, None] * r + suf_db[m].unsqueeze(0)
+
+        m = self._choose_movers(K, lhs, rise)
+        upper = self.upper + rise(torch.tensor([m], device=a.dev)).squeeze(1) * (1 + 1e-6)
+        if m > 0:
+            upper = torch.maximum(upper, self._movers_max(C, order[:m], labels))
+        safe = lhs > upper
         rows = torch.nonzero(~safe).squeeze(1)
         n = int(rows.numel())
         if n > self.full_fraction * a.N:
