@@ -53,6 +53,10 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, tmp_path):
     for n in SYSTEMS - {"dino"}:
         lab = sy[n]["labels"]
         assert 0 <= lab["nmi"] <= 1 and 0 < lab["purity"] <= 1 and 1 <= lab["n_clusters"] <= 24, n
+    # every final model's embeddings re-clustered with K0 = 24 (the DINO row: the SSRL / round-1 start)
+    for n in SYSTEMS:
+        rc = sy[n]["reclustered"]
+        assert 0 <= rc["nmi"] <= 1 and 0 < rc["purity"] <= 1 and rc["n_clusters"] <= 24 and rc["n_items"] == 48, n
     # the ablation switches reached the runs
     last = {n: sy[n]["history"][-1] for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_prune")}
     assert float(last["ssrl_no_noisy"]["mean_p"]) == 1.0
@@ -84,7 +88,7 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, tmp_path):
     # resume: the same command trains nothing and evaluates nothing
     mtimes = {n: os.path.getmtime(out / n / "history.csv") for n in ("dino", "iterative", "ssrl", "ssrl_no_prune")}
     log2 = run_experiments(*args)
-    assert not re.search(r"^\$ ", log2, re.M) and "evaluating" not in log2
+    assert not re.search(r"^\$ ", log2, re.M) and "evaluating" not in log2 and "re-clustering" not in log2
     assert log2.count("complete, skipped") == 6
     assert mtimes == {n: os.path.getmtime(out / n / "history.csv") for n in mtimes}
     res2 = json.loads((out / "results.json").read_text())

@@ -290,6 +290,35 @@ def evaluate(model_folder: str, out_dir: str, trials: List[str], data_folder: st
     return res
 
 
+def recluster(model_folder: str, out_dir: str, train_csv: str, k: int, max_seconds: Optional[float], device: str,
+              log: str) -> Dict:
+    """Pseudo-label report (NMI, purity, ...) of a fresh k-means (``k`` clusters, seed 0) of the training
+    utterances' embeddings by ``model_folder/pretrained``: how good labels the model's *representation*
+    would give, next to the labels it was trained on (cached in ``out_dir`` with a model stamp)."""
+    import torch
+
+    from speechbrain_ssrl.export import load_embed_fn
+    from speechbrain_ssrl.initial_clustering import FILENAME, initial_clustering
+
+    ckpt = os.path.join(model_folder, "pretrained", "embedding_model.ckpt")
+    stamp = {"model": file_stamp(ckpt), "train_csv": file_stamp(train_csv), "k": k, "max_seconds": max_seconds}
+    res_path = os.path.join(out_dir, "recluster.json")
+    if os.path.exists(res_path) and read_json(res_path).get("stamp") == json.loads(json.dumps(stamp)):
+        return read_json(res_path)["report"]
+    log_line(f"re-clustering the training set with {os.path.relpath(model_folder)} (k = {k})", log)
+    os.makedirs(out_dir, exist_ok=True)
+    old = os.path.join(out_dir, FILENAME)
+    if os.path.exists(old):
+        os.remove(old)  # made with another model
+    t0 = time.time()
+    fn, _ = load_embed_fn(os.path.join(model_folder, "pretrained"), device=device, savedir=os.path.join(out_dir, "model"))
+    with torch.no_grad():
+        res = initial_clustering(fn, train_csv, out_dir, k, max_seconds=max_seconds, seed=0, device=device, progress=False)
+    report = {key: (float(v) if isinstance(v, float) else v) for key, v in (res.get("report") or {}).items()}
+    write_json(res_path, {"stamp": stamp, "report": report, "seconds": round(time.time() - t0, 1)})
+    return report
+
+
 def read_scores(path: str):
     """``scores_<list>.txt`` (``enrol test label score`` per line) → speakers, labels, scores."""
     from speechbrain_ssrl.scoring import speaker_of
@@ -462,23 +491,28 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
         "",
         f"{heading}# Test trials: EER and minDCF; pseudo-label quality; cost",
         "",
-        "| System | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | purity | clusters | steps | wall min |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| System | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | purity | clusters | NMI re-clustered | "
+        "purity re-clustered | steps | wall min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in res["order"]:
         s = systems[name]
-        t, lab, c = s["test"], s.get("labels") or {}, s["cost"]
+        t, lab, c, rc = s["test"], s.get("labels") or {}, s["cost"], s.get("reclustered") or {}
         lines.append(
             f"| {s['label']} | {t['eer']:.2f} ± {fmt(t.get('eer_se'), '.2f')} | {fmt(t.get('min_dcf_0.01'))} | "
             f"{fmt(t.get('min_dcf_0.05'))} | {fmt(lab.get('nmi'))} | {fmt(lab.get('purity'))} | "
-            f"{lab.get('n_clusters', '-') if lab else '-'} | {c['steps']} | "
+            f"{lab.get('n_clusters', '-') if lab else '-'} | {fmt(rc.get('nmi'))} | {fmt(rc.get('purity'))} | {c['steps']} | "
             f"{c['wall_minutes']:.{1 if c['wall_minutes'] >= 1 else 2}f} |"
         )
+    k_re = next((s["reclustered"].get("n_clusters") for s in systems.values() if s.get("reclustered")), "K0")
     lines += [
         "",
         "EER ± leave-one-test-speaker-out (jackknife) standard error. NMI / purity / clusters: the labels the final "
         "model was trained on (SSRL: its labels after the last epoch; baseline round r: the k-means labels of round r), "
-        "against the true speakers. Steps and wall minutes: training after DINO (DINO's row: DINO itself, shared by all), "
+        "against the true speakers. Re-clustered: a fresh k-means (k = "
+        f"{k_re}, seed 0) of the training utterances embedded by the system's final model, i.e. the labels its "
+        "representation would give (for baseline round r, the labels of round r + 1). Steps and wall minutes: "
+        "training after DINO (DINO's row: DINO itself, shared by all), "
         "baseline rounds cumulative; wall = training epochs + clusterings (embedding all training utterances + k-means), "
         "validation excluded.",
         "",
@@ -564,6 +598,9 @@ def parse_args(argv=None):
         ap.add_argument(f"--extra_{stage}", nargs="*", default=[],
                         help=f"key=value overrides for the {stage} run(s) only (e.g. --extra_iterative lr_start=5e-4)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS, else min(2, cores))")
+    ap.add_argument("--recluster", choices=("auto", "on", "off"), default="auto",
+                    help="also k-means the training set with every final model (NMI/purity 're-clustered'); "
+                         "auto: on with --config minivox (at VoxCeleb2 scale each is a pass over 1 M utterances)")
     ap.add_argument("--plan_only", action="store_true", help="print the plan and exit")
     ap.add_argument("--update_readme", action="store_true",
                     help="copy the results next to README.md and replace its marked section")
@@ -699,6 +736,14 @@ def main(argv=None):  # noqa: C901 (one linear script)
     for name, _, _ in SSRL_VARIANTS:
         models[name] = os.path.join(out, name)
     tests = {n: evaluate(f, os.path.join(eval_dir, n), trials, data, device, log) for n, f in models.items()}
+    # 4b. what labels each final model's embeddings would give: a fresh k-means with SSRL's K0
+    do_recluster = a.recluster == "on" or (a.recluster == "auto" and a.config == "minivox")
+    do_recluster = do_recluster and any(r.get("spk_id") for r in train_rows)
+    k_re = int(float(yaml_value(plan.yaml["ssrl"], "K0", plan.ov["ssrl"])))
+    cap = yaml_value(plan.yaml["ssrl"], "cluster_max_seconds", plan.ov["ssrl"])
+    cap = None if cap in (None, "null", "None") else float(cap)
+    reclustered = {n: recluster(f, os.path.join(eval_dir, n, "recluster"), train_csv, k_re, cap, device, log)
+                   for n, f in models.items()} if do_recluster else {}
     list_names = list(next(iter(tests.values())).keys())
     main_list = list_names[0]
 
@@ -735,6 +780,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
     for n in systems:
         systems[n]["test"] = tests[n][main_list]
         systems[n]["test_all_lists"] = tests[n]
+        systems[n]["reclustered"] = reclustered.get(n)
     order = ["dino"] + [f"iterative_r{r['round']}" for r in rounds] + [n for n, _, _ in SSRL_VARIANTS]
     paired = {}
     ref = os.path.join(eval_dir, "ssrl", f"scores_{main_list}.txt")
