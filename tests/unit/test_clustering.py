@@ -1,7 +1,6 @@
 """Tests of speechbrain_ssrl.clustering (k-means, assignment, exact low-precision re-check, DDP)."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -9,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from ddp_utils import free_port, init_gloo
 from sklearn.metrics import normalized_mutual_info_score
 
 from speechbrain_ssrl.clustering import KMeansResult, assign, kmeans, margin_factor
@@ -321,12 +321,6 @@ def test_bad_input():
 # ------------------------------------------------------------------------------------------------
 # DDP: 2 CPU processes (gloo), half the data each == one process on all the data
 # ------------------------------------------------------------------------------------------------
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_configs():
     return [
         dict(spherical=True, precision="bf16", init="k-means++"),
@@ -337,10 +331,7 @@ def _ddp_configs():
 def _ddp_worker(rank, world, port, out_dir):
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         x, _ = blobs(n=1203, k=12, d=16, spread=0.4, seed=8)
         half = (x.shape[0] + 1) // 2
@@ -357,7 +348,7 @@ def _ddp_worker(rank, world, port, out_dir):
 def test_ddp_two_processes_equal_single_process(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     x, _ = blobs(n=1203, k=12, d=16, spread=0.4, seed=8)

@@ -1,6 +1,7 @@
 """The SSRL pseudo-label state: records → queues → votes → pruning → GMM, and checkpoint round trip."""
 
 import torch
+from ddp_utils import free_port, init_gloo
 
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
 
@@ -101,10 +102,7 @@ def _ddp_records_worker(rank, world, port, out_dir):
 
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo(rank, world, port)
     try:
         y0 = torch.arange(12) % 4
         hat = torch.tensor([1, 1, 2, 2, 3, 3, 0, 0, 1, 2, 3, 0])
@@ -138,14 +136,9 @@ def _ddp_records_worker(rank, world, port, out_dir):
 
 
 def test_ddp_intra_epoch_checkpoint_keeps_every_rank_record_once(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_records_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_records_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         r = torch.load(tmp_path / f"rank{rank}.pt")
         for run in ("ref", "resumed"):
