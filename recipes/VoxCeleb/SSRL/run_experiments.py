@@ -478,7 +478,8 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
     systems = res["systems"]
     g = res["git"]
     lines = [
-        f"{heading} SSRL vs the iterative baseline: {res['corpus']['name']}",
+        f"{heading} SSRL vs the iterative baseline: {res['corpus']['name']}"
+        + (f", training seed {res['train_seed']}" if res.get("train_seed") is not None else ""),
         "",
         f"- command: `{res['command']}` (run from `{res['cwd']}`)",
         f"- commit: `{g['commit']}`" + (" (with uncommitted or untracked changes)" if g["dirty"] else ""),
@@ -798,7 +799,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
     if os.path.exists(build_info):
         bi = read_json(build_info)
         corpus["minivox"] = {"size": bi.get("size"), "seed": bi.get("seed"), "stats": bi.get("stats")}
-        corpus["name"] = f"MiniVox ({bi.get('size')}, seed {bi.get('seed')})"
+        corpus["name"] = f"MiniVox ({bi.get('size')}, corpus seed {bi.get('seed')})"
     from speechbrain_ssrl.scoring import speaker_of
 
     notes.append(f"Wall times are measured as the runs went ({threads} torch thread(s) on `{device}`), on a machine that "
@@ -810,6 +811,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
         "command": command, "cwd": os.path.relpath(os.getcwd(), REPO) if os.getcwd().startswith(REPO) else os.getcwd(),
         "git": git_info(), "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": device, "precision": precision, "threads": threads, "config": a.config,
+        "train_seed": yaml_value(plan.yaml["ssrl"], "seed", plan.ov["ssrl"]),
         "plan": plan.rows(), "budget": f"{plan.budget()}; DINO: {dcost['epochs']} epochs, {dcost['steps']} steps, shared by all",
         "corpus": corpus, "test_list": main_list, "test_lists": list_names,
         "test_n_trials": len(main_trials),
