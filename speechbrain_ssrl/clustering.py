@@ -929,16 +929,19 @@ class AssignmentBounds:
         self.C_prev: Optional[torch.Tensor] = None
         self.upper: Optional[torch.Tensor] = None
 
-    def _choose_movers(self, K: int, lhs: torch.Tensor, rise) -> int:
+    def _choose_movers(self, K: int, lhs: torch.Tensor, rise) -> Optional[int]:
         """How many of the farthest-moved centroids to score directly: the count among 0, K/64 ... K/4
         that minimises its product's cost (m/K of a full search) plus the fraction of rows still to
-        search, estimated from the other centroids' moves alone (one pass over the rows)."""
+        search, estimated from the other centroids' moves alone (one pass over the rows); ``None`` when
+        even that optimistic estimate exceeds ``full_fraction`` for every count (search all rows)."""
         if self.movers is not None:
             return max(0, min(K - 1, int(self.movers)))
         cand = sorted({0, *[min(K - 1, max(1, K // d)) for d in (64, 32, 16, 8, 4)]})
         cand = [c for c in cand if 0 <= c < K]
         mt = torch.tensor(cand, device=lhs.device)
         frac = (lhs[:, None] <= self.upper[:, None] + rise(mt)).float().mean(0).tolist()
+        if min(frac) > self.full_fraction:  # the estimate is optimistic: no choice avoids a full search
+            return None
         cost = [c / K + (f if f <= self.full_fraction else 1.0) for c, f in zip(cand, frac)]
         return cand[min(range(len(cand)), key=cost.__getitem__)]
 
@@ -997,6 +1000,8 @@ class AssignmentBounds:
             return r if db is None else a.xnorm[:, None] * r + suf_db[m].unsqueeze(0)
 
         m = self._choose_movers(K, lhs, rise)
+        if m is None:
+            return self._search_all(C)
         upper = self.upper + rise(torch.tensor([m], device=a.dev)).squeeze(1) * (1 + 1e-6)
         if m > 0:
             upper = torch.maximum(upper, self._movers_max(C, order[:m], labels))
