@@ -494,11 +494,13 @@ class _Assigner:
             backend = backend or self.backend
             f = margin_factor(self.precision, self.D + (0 if bias is None else 1), backend, bias is not None)
         cmax = float(C.norm(dim=1).max())
+        # the Triton kernel adds the bias in fp32 (no rounding worth counting); torch rounds it to bf16
         bmax = 0.0 if (bias is None or (backend == "triton" and not exact)) else float(bias.abs().max())
         if self.spherical:
             xn = torch.ones(self.N if rows is None else rows.numel(), device=self.dev)
         else:
             xn = self.xnorm if rows is None else self.xnorm[rows]
+        # slack: the fp32 norms themselves are computed, not exact
         return f * (xn * (cmax * (1 + 1e-6)) + bmax * (1 + 1e-6)) * (1 + 1e-5)
 
     def runner_up_bound(self, C: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -509,21 +511,13 @@ class _Assigner:
         i1, v1, v2 = self._top
         return torch.where(labels == i1, v2, v1) + self.score_error(C)
 
-    def _margin(self, rows, C, bias, backend):
-        """Per-row margin (R,) below the row's best low-precision score inside which ties are re-checked."""
+    def _margin(self, rows, C, backend):
+        """Per-row margin (R,) below the row's best low-precision score inside which ties are re-checked:
+        two scores' error bounds (``score_error``), or the ``tie_margin`` override."""
         if self.tie_margin is not None:
             return torch.full((rows.numel() if rows is not None else self.N,), float(self.tie_margin),
                               device=self.dev)
-        f = margin_factor(self.precision, self.D + (0 if bias is None else 1), backend, bias is not None)
-        cmax = float(C.norm(dim=1).max())
-        # the Triton kernel adds the bias in fp32 (no rounding worth counting); torch rounds it to bf16
-        bmax = 0.0 if (bias is None or backend == "triton") else float(bias.abs().max())
-        if self.spherical:
-            xn = torch.ones(self.N if rows is None else rows.numel(), device=self.dev)
-        else:
-            xn = self.xnorm if rows is None else self.xnorm[rows]
-        # slack: the fp32 norms themselves are computed, not exact
-        return 2.0 * f * (xn * (cmax * (1 + 1e-6)) + bmax * (1 + 1e-6)) * (1 + 1e-5)
+        return 2.0 * self.score_error(C, rows, backend=backend)
 
     def _low_scores(self, xl: torch.Tensor, Cl: torch.Tensor, bias_l: Optional[torch.Tensor]) -> torch.Tensor:
         if self.low_dtype is not None:
@@ -558,7 +552,7 @@ class _Assigner:
     def _run_torch(self, C, bias, chunk, labels, best):
         K = C.shape[0]
         xl, Cl, bl = self._low_inputs(C, bias)
-        margin = self._margin(None, C, bias, "torch")
+        margin = self._margin(None, C, "torch")
         m = min(_TORCH_TOPK, K)
         strategy = TORCH_STRATEGY.get(self.dev.type, "topk")
         upcast = _UPCAST_SCORES.get(self.dev.type, False) and _scores_are_bf16(self.precision)
@@ -603,7 +597,7 @@ class _Assigner:
             V, I = triton_top3(self.x, C, bias)
         else:
             V, I = triton_top3(self.x_low, C.to(self.low_dtype), bias)
-        margin = self._margin(None, C, bias, "triton")
+        margin = self._margin(None, C, "triton")
         self._keep_top(0, self.N, I[:, 0], V[:, 0], V[:, 1])
         # rows are resolved in slices to bound the temporary memory of the exact re-check
         step = 1 << 18
@@ -678,7 +672,7 @@ class _Assigner:
         if S_rows is None:  # Triton path: recompute these rows with torch (bf16 output, its own margin)
             xl, Cl, bl = self._low_inputs(C, bias)
             S_rows = self._low_scores(xl[grows], Cl, bl)
-        margin = self._margin(grows, C, bias, "torch")
+        margin = self._margin(grows, C, "torch")
         S_rows = S_rows.float()
         v1 = S_rows.max(dim=1).values
         thr = v1 - margin
