@@ -14,7 +14,7 @@ detector's confusion counts) and never by any update.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from speechbrain_ssrl.state import StateRecoverable
@@ -117,6 +117,17 @@ class PseudoLabelState(StateRecoverable):
         del self._rec_idx[mark:], self._rec_hat[mark:], self._rec_loss[mark:]
         return n
 
+    def _local_records(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's records of the running epoch, concatenated: indices, teacher labels, losses."""
+        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
+        return cat(self._rec_idx, torch.long), cat(self._rec_hat, torch.long), cat(self._rec_loss, torch.float32)
+
+    def _take_all_records(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every rank's records (rank order; collective under DDP); this rank's own are cleared."""
+        idx, hat, loss = (all_gather_cat(t) for t in self._local_records())
+        self._rec_idx, self._rec_hat, self._rec_loss = [], [], []
+        return idx, hat, loss
+
     def gather_records_to_main(self) -> int:
         """Under DDP, before an intra-epoch checkpoint (collective: every rank calls it, as SpeechBrain
         does with ``_save_intra_epoch_ckpt``): rank 0 takes every rank's records of the running epoch and
@@ -124,10 +135,7 @@ class PseudoLabelState(StateRecoverable):
         end-of-epoch gather still counts each record once. Returns the number of records rank 0 holds."""
         if not _dist():
             return self.n_recorded()
-        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
-        idx = all_gather_cat(cat(self._rec_idx, torch.long))
-        hat = all_gather_cat(cat(self._rec_hat, torch.long))
-        loss = all_gather_cat(cat(self._rec_loss, torch.float32))
+        idx, hat, loss = self._take_all_records()
         if torch.distributed.get_rank() == 0 and idx.numel():
             self._rec_idx, self._rec_hat, self._rec_loss = [idx], [hat], [loss]
         else:
@@ -140,11 +148,7 @@ class PseudoLabelState(StateRecoverable):
 
         Returns statistics and ``newly_pruned`` (LongTensor of cluster ids to prune in the classifiers).
         """
-        cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
-        idx = all_gather_cat(cat(self._rec_idx, torch.long))
-        hat = all_gather_cat(cat(self._rec_hat, torch.long))
-        loss = all_gather_cat(cat(self._rec_loss, torch.float32))
-        self._rec_idx, self._rec_hat, self._rec_loss = [], [], []
+        idx, hat, loss = self._take_all_records()
         stats: Dict[str, Any] = {"n_relabelled": int(idx.numel())}
         newly = torch.zeros(0, dtype=torch.long)
         if idx.numel():
@@ -199,6 +203,7 @@ class PseudoLabelState(StateRecoverable):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, Any]:
+        idx, hat, loss = self._local_records()
         return {
             "y0": self.y0.clone(),
             "labels": self.labels.clone(),
@@ -206,9 +211,9 @@ class PseudoLabelState(StateRecoverable):
             "n_clusters": self.n_clusters,
             "queue": self.queue.state_dict(),
             "noise": self.noise.state_dict(),
-            "rec_idx": torch.cat(self._rec_idx) if self._rec_idx else torch.zeros(0, dtype=torch.long),
-            "rec_hat": torch.cat(self._rec_hat) if self._rec_hat else torch.zeros(0, dtype=torch.long),
-            "rec_loss": torch.cat(self._rec_loss) if self._rec_loss else torch.zeros(0),
+            "rec_idx": idx,
+            "rec_hat": hat,
+            "rec_loss": loss,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
