@@ -272,6 +272,11 @@ class Plan:
 # --------------------------------------------------------------------------------------------------
 # evaluation and statistics
 # --------------------------------------------------------------------------------------------------
+def stamp_matches(path: str, stamp: Dict) -> bool:
+    """Whether the JSON file ``path`` exists and records ``stamp`` (compared as JSON) under "stamp"."""
+    return os.path.exists(path) and read_json(path).get("stamp") == json.loads(json.dumps(stamp))
+
+
 def evaluate(model_folder: str, out_dir: str, trials: List[str], data_folder: str, device: str, log: str) -> Dict:
     """Test-trial metrics of ``model_folder/pretrained`` (cached in ``out_dir`` with a model stamp)."""
     from speechbrain_ssrl.evaluation import evaluate_model
@@ -279,8 +284,7 @@ def evaluate(model_folder: str, out_dir: str, trials: List[str], data_folder: st
     ckpt = os.path.join(model_folder, "pretrained", "embedding_model.ckpt")
     stamp = {"model": file_stamp(ckpt), "trials": [os.path.abspath(t) for t in trials]}
     res_path, stamp_path = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "stamp.json")
-    same = os.path.exists(stamp_path) and read_json(stamp_path).get("stamp") == json.loads(json.dumps(stamp))
-    if same and os.path.exists(res_path):
+    if stamp_matches(stamp_path, stamp) and os.path.exists(res_path):
         return read_json(res_path)
     log_line(f"evaluating {os.path.relpath(model_folder)} on {', '.join(os.path.basename(t) for t in trials)}", log)
     t0 = time.time()
@@ -303,7 +307,7 @@ def recluster(model_folder: str, out_dir: str, train_csv: str, k: int, max_secon
     ckpt = os.path.join(model_folder, "pretrained", "embedding_model.ckpt")
     stamp = {"model": file_stamp(ckpt), "train_csv": file_stamp(train_csv), "k": k, "max_seconds": max_seconds}
     res_path = os.path.join(out_dir, "recluster.json")
-    if os.path.exists(res_path) and read_json(res_path).get("stamp") == json.loads(json.dumps(stamp)):
+    if stamp_matches(res_path, stamp):
         return read_json(res_path)["report"]
     log_line(f"re-clustering the training set with {os.path.relpath(model_folder)} (k = {k})", log)
     os.makedirs(out_dir, exist_ok=True)
@@ -389,19 +393,24 @@ def make_plots(res: Dict, out: str) -> Dict[str, str]:
         pts = [(u, v) for u, v in pts if u is not None and v is not None]
         return [u for u, _ in pts], [v for _, v in pts]
 
+    def ssrl_vs_epoch(ax, key, ylabel, title, hline=None):
+        """One history column of every SSRL variant against the epoch."""
+        for n in ssrl_names:
+            x, y = col(systems[n]["history"], key)
+            ax.plot(x, y, marker="o", ms=3, label=systems[n]["label"])
+        if hline:
+            ax.axhline(hline[0], color="0.4", ls="--", lw=1, label=hline[1])
+        ax.set_xlabel("epoch (0 = k-means of the DINO teacher)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
     # cluster count vs epoch
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for n in ssrl_names:
-        x, y = col(systems[n]["history"], "n_clusters")
-        ax.plot(x, y, marker="o", ms=3, label=systems[n]["label"])
-    if n_true:
-        ax.axhline(n_true, color="0.4", ls="--", lw=1, label=f"true training speakers ({n_true})")
-    ax.set_xlabel("epoch (0 = k-means of the DINO teacher)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("clusters owning utterances")
-    ax.set_title("Cluster count vs epoch (SSRL variants)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ssrl_vs_epoch(ax, "n_clusters", "clusters owning utterances", "Cluster count vs epoch (SSRL variants)",
+                  hline=(n_true, f"true training speakers ({n_true})") if n_true else None)
     fig.tight_layout()
     files["cluster_count"] = os.path.join(pdir, "cluster_count.png")
     fig.savefig(files["cluster_count"], dpi=100)
@@ -409,15 +418,7 @@ def make_plots(res: Dict, out: str) -> Dict[str, str]:
 
     # NMI vs epoch (SSRL) and vs round (baseline)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
-    for n in ssrl_names:
-        x, y = col(systems[n]["history"], "nmi")
-        a1.plot(x, y, marker="o", ms=3, label=systems[n]["label"])
-    a1.set_xlabel("epoch (0 = k-means of the DINO teacher)")
-    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    a1.set_ylabel("NMI of the pseudo labels vs true speakers")
-    a1.set_title("SSRL: NMI vs epoch")
-    a1.grid(alpha=0.3)
-    a1.legend(fontsize=7)
+    ssrl_vs_epoch(a1, "nmi", "NMI of the pseudo labels vs true speakers", "SSRL: NMI vs epoch")
     rounds = res["iterative_rounds"]
     a2.plot([r["round"] for r in rounds], [r.get("nmi") for r in rounds], marker="s", color="C7", label="iterative baseline")
     a2.set_xlabel("round (labels: k-means of the previous round's model)")
