@@ -25,6 +25,7 @@ end-of-epoch one (DataLoader iterators draw from torch's generator when they are
 
 from __future__ import annotations
 
+import errno
 import logging
 import numbers
 import os
@@ -77,6 +78,32 @@ def plain_meta(meta: Dict[str, Any]) -> Dict[str, Any]:
         raise TypeError(f"checkpoint meta {key!r}: {type(v).__name__} is not plain Python (use float/int/str)")
 
     return {str(k): conv(str(k), v) for k, v in (meta or {}).items()}
+
+
+#: free bytes under which a failed write is put down to a full disk (torch reports ENOSPC as "unexpected pos")
+_FULL_DISK_BYTES = 64 << 20
+
+
+def _is_no_space(error: BaseException) -> bool:
+    e: Optional[BaseException] = error
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def describe_save_error(error: BaseException, folder) -> str:
+    """What went wrong in a save, in words: "No space left on device (N MB free on <folder>)" when the disk
+    is full (torch's zip writer says only "unexpected pos"), else the exception's type and message."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if _is_no_space(error) or (free is not None and free < _FULL_DISK_BYTES):
+        where = f"{free / 2**20:.0f} MB free on {folder}" if free is not None else str(folder)
+        return f"No space left on device ({where})"
+    return f"{type(error).__name__}: {error}"
 
 
 def _fsync_tree(folder: pathlib.Path) -> None:
@@ -194,7 +221,7 @@ class AtomicCheckpointer(Checkpointer):
                 error = e
         if error is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-            what = f"{type(error).__name__}: {error}"
+            what = describe_save_error(error, final.parent)
             raise CheckpointSaveError(
                 f"could not write the checkpoint {final.name} into {final.parent} ({what}). The partial folder "
                 f"{tmp} was removed; {self._latest_description()}. If the disk is full, free space (or point "

@@ -1,26 +1,186 @@
-"""Batched full-utterance embedding extraction (for clustering, validation and evaluation)."""
+"""Batched full-utterance embedding extraction (for clustering, validation and evaluation).
+
+Audio is read with soundfile (``speechbrain_ssrl.data.views.read_checked``): a file that does not
+decode, holds no sample or a non-finite sample raises ``BadAudioError`` naming it, so a wrong or
+broken file never becomes a silent score. Test files at another sample rate are resampled and
+multi-channel files averaged to mono (``convert_audio=True``, with one warning naming the files), or
+refused (``convert_audio=False``).
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import logging
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
 
-from speechbrain.dataio.dataio import read_audio
+from speechbrain_ssrl.data.views import BadAudioError, read_checked
+
+logger = logging.getLogger(__name__)
 
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``read_fn(i, max_seconds) -> (T,)`` float waveform at the model's rate, for file ``i`` of the list
+ReadFn = Callable[[int, Optional[float]], torch.Tensor]
 
 
-def load_wav(path: str, max_samples: Optional[int] = None) -> torch.Tensor:
-    """Reads a mono 16 kHz file (soundfile via SpeechBrain), keeping at most ``max_samples`` from the start."""
-    if max_samples is not None:
-        wav = read_audio({"file": path, "start": 0, "stop": int(max_samples)})
-    else:
-        wav = read_audio(path)
-    if wav.dim() > 1:
-        wav = wav.mean(-1)
-    return wav.float()
+def resample(wav: torch.Tensor, rate: int, target: int) -> torch.Tensor:
+    """``wav`` (T,) from ``rate`` to ``target`` Hz (polyphase filter, scipy)."""
+    if int(rate) == int(target):
+        return wav
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(rate), int(target))
+    out = resample_poly(wav.double().numpy(), int(target) // g, int(rate) // g)
+    return torch.from_numpy(out).float()
+
+
+def audio_info(path: str):
+    """soundfile's header of ``path``; ``BadAudioError`` naming the file when it is not audio."""
+    import soundfile as sf
+
+    try:
+        return sf.info(path)
+    except Exception as e:  # noqa: BLE001 - libsndfile raises RuntimeError / LibsndfileError / OSError
+        raise BadAudioError(path, f"not readable as audio ({str(e).strip() or type(e).__name__})") from None
+
+
+def read_audio_file(
+    path: str, max_seconds: Optional[float] = None, sample_rate: int = 16000, convert: bool = True
+) -> Tuple[torch.Tensor, List[str]]:
+    """(waveform (T,) at ``sample_rate``, mono; notes on what was changed) of an evaluation file.
+
+    At most ``max_seconds`` from the start are read. Another rate is resampled and several channels
+    are averaged when ``convert``, else refused. ``BadAudioError`` (naming the file) for a file that
+    does not decode, holds no sample (a header only) or a NaN / inf sample.
+    """
+    info = audio_info(path)
+    rate, channels = int(info.samplerate), int(info.channels)
+    if (rate != sample_rate or channels != 1) and not convert:
+        raise BadAudioError(
+            path,
+            f"{rate} Hz, {channels} channel(s), not {sample_rate} Hz mono. Fix: convert it (ffmpeg -i <in> -ar "
+            f"{sample_rate} -ac 1 <out>.wav) or set convert_audio: True (resample / average the channels)",
+        )
+    stop = None if max_seconds is None else int(round(float(max_seconds) * rate))
+    wav = read_checked(path, 0, stop)
+    notes = []
+    if channels != 1:
+        notes.append(f"{channels} channels averaged to mono")
+    if rate != sample_rate:
+        wav = resample(wav, rate, sample_rate)
+        notes.append(f"resampled from {rate} Hz to {sample_rate} Hz")
+    if stop is not None and info.frames > stop:
+        notes.append(f"cut to its first {float(max_seconds):g} s of {info.frames / rate:.1f} s")
+    return wav, notes
+
+
+def load_wav(path: str, max_samples: Optional[int] = None, sample_rate: int = 16000) -> torch.Tensor:
+    """A ``sample_rate`` mono waveform of ``path`` (converted when needed), at most ``max_samples`` long."""
+    max_seconds = None if max_samples is None else max_samples / sample_rate
+    return read_audio_file(path, max_seconds, sample_rate, convert=True)[0]
+
+
+def _batches(durations: Sequence[float], max_seconds: Optional[float], batch_seconds: float, max_batch: int) -> List[List[int]]:
+    """Indices grouped by length: the longest first; each batch holds at most ``batch_seconds`` padded."""
+    cap = float("inf") if max_seconds is None else float(max_seconds)
+    eff = [min(float(d), cap) for d in durations]
+    order = sorted(range(len(eff)), key=lambda i: -eff[i])
+    batches, cur = [], []
+    for i in order:
+        longest = eff[cur[0]] if cur else eff[i]  # the first (longest) file of the batch sets the padded length
+        if cur and (len(cur) + 1 > max_batch or (len(cur) + 1) * longest > batch_seconds):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _warn_changed(notes: Dict[str, List[str]], what: str) -> None:
+    if not notes:
+        return
+    shown = "; ".join(f"{p}: {', '.join(n)}" for p, n in list(notes.items())[:10])
+    more = f"; ... and {len(notes) - 10} more" if len(notes) > 10 else ""
+    logger.warning("%d %s file(s) were changed before embedding: %s%s", len(notes), what, shown, more)
+
+
+def _embed_files(
+    embed_fn: EmbedFn,
+    wav_paths: Sequence[str],
+    durations: Optional[Sequence[float]],
+    max_seconds: Optional[float],
+    batch_seconds: float,
+    max_batch: int,
+    sample_rate: int,
+    device: str,
+    normalize: bool,
+    progress: bool,
+    desc: str,
+    read_fn: Optional[ReadFn],
+    convert_audio: bool,
+    skip_bad: bool,
+) -> Tuple[List[Optional[torch.Tensor]], Dict[str, str]]:
+    """Per file: its embedding, or None for a bad file when ``skip_bad``; and {bad path: reason}."""
+    n = len(wav_paths)
+    if n == 0:
+        raise ValueError("extract_embeddings: no audio files given")
+    bad: Dict[str, str] = {}
+    if durations is None:
+        durations = []
+        for p in wav_paths:
+            try:
+                durations.append(audio_info(p).duration)
+            except BadAudioError as e:
+                if not skip_bad:
+                    raise
+                bad[p] = e.reason
+                durations.append(0.0)
+    changed: Dict[str, List[str]] = {}
+
+    def default_read(i: int, ms: Optional[float]) -> torch.Tensor:
+        wav, notes = read_audio_file(wav_paths[i], ms, sample_rate, convert_audio)
+        if notes:
+            changed[wav_paths[i]] = notes
+        return wav
+
+    read = read_fn or default_read
+    out: List[Optional[torch.Tensor]] = [None] * n
+    for b in tqdm(_batches(durations, max_seconds, batch_seconds, max_batch), desc=desc, disable=not progress, leave=False):
+        idx, wavs = [], []
+        for i in b:
+            if wav_paths[i] in bad:
+                continue
+            try:
+                wavs.append(read(i, max_seconds))
+            except BadAudioError as e:
+                if not skip_bad:
+                    raise
+                bad[wav_paths[i]] = e.reason
+                continue
+            idx.append(i)
+        if not idx:
+            continue
+        T = max(w.shape[0] for w in wavs)
+        x = torch.zeros(len(wavs), T)
+        for j, w in enumerate(wavs):
+            x[j, : w.shape[0]] = w
+        lens = torch.tensor([w.shape[0] / T for w in wavs])
+        emb = embed_fn(x.to(device), lens.to(device)).float().reshape(len(wavs), -1)
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        if not torch.isfinite(emb).all():
+            worst = [wav_paths[idx[j]] for j in range(len(idx)) if not torch.isfinite(emb[j]).all()]
+            raise FloatingPointError(
+                f"non-finite embeddings for {worst[:3]}: their audio is finite, so the model's weights or BatchNorm "
+                "statistics hold NaN/inf"
+            )
+        for j, i in enumerate(idx):
+            out[i] = emb[j].cpu()
+    _warn_changed(changed, desc)
+    return out, bad
 
 
 @torch.no_grad()
@@ -36,6 +196,8 @@ def extract_embeddings(
     normalize: bool = True,
     progress: bool = True,
     desc: str = "embeddings",
+    read_fn: Optional[ReadFn] = None,
+    convert_audio: bool = True,
 ) -> torch.Tensor:
     """Embeds each file once, in batches of similar length (padding is kept small).
 
@@ -43,47 +205,43 @@ def extract_embeddings(
         embed_fn: ``embed_fn(wavs (B, T), lens (B,) relative) -> (B, D)``, called under ``no_grad``.
         wav_paths: audio files; the result keeps their order.
         durations: seconds per file (read from the file headers when not given), used to batch by length.
-        max_seconds: cap per utterance (the start of the file is kept); ``None`` = full length.
+        max_seconds: cap per utterance (the start of the file is kept); ``None`` = full length. With a cap,
+            one forward pass holds at most ``max(batch_seconds, max_seconds)`` seconds of audio.
         batch_seconds: total audio seconds per batch (at most ``max_batch`` files).
         normalize: L2-normalise the embeddings.
+        read_fn: ``read_fn(i, max_seconds) -> (T,)`` reads file ``i`` (default: ``read_audio_file``).
+        convert_audio: default reader: resample / average channels (one warning naming the files), or
+            refuse such files (``BadAudioError``).
     Returns:
         (N, D) float32 tensor on the CPU.
+    Raises:
+        BadAudioError: a file that is not audio, holds no sample or a NaN / inf sample (named).
     """
-    n = len(wav_paths)
-    if n == 0:
-        raise ValueError("extract_embeddings: no audio files given")
-    if durations is None:
-        import soundfile as sf
-
-        durations = [sf.info(p).duration for p in wav_paths]
-    cap = float("inf") if max_seconds is None else float(max_seconds)
-    eff = [min(float(d), cap) for d in durations]
-    order = sorted(range(n), key=lambda i: -eff[i])
-    batches, cur = [], []
-    for i in order:
-        # the first (longest) file of the batch sets the padded length
-        longest = eff[cur[0]] if cur else eff[i]
-        if cur and (len(cur) + 1 > max_batch or (len(cur) + 1) * longest > batch_seconds):
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    max_samples = None if max_seconds is None else int(round(max_seconds * sample_rate))
-    out: list = [None] * n
-    for b in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        wavs = [load_wav(wav_paths[i], max_samples) for i in b]
-        T = max(w.shape[0] for w in wavs)
-        x = torch.zeros(len(wavs), T)
-        for j, w in enumerate(wavs):
-            x[j, : w.shape[0]] = w
-        lens = torch.tensor([w.shape[0] / T for w in wavs])
-        emb = embed_fn(x.to(device), lens.to(device)).float().reshape(len(wavs), -1)
-        if normalize:
-            emb = torch.nn.functional.normalize(emb, dim=-1)
-        if not torch.isfinite(emb).all():
-            bad = [wav_paths[b[j]] for j in range(len(b)) if not torch.isfinite(emb[j]).all()]
-            raise FloatingPointError(f"non-finite embeddings for {bad[:3]} (model weights or audio contain NaN/inf)")
-        for j, i in enumerate(b):
-            out[i] = emb[j].cpu()
+    out, _ = _embed_files(
+        embed_fn, wav_paths, durations, max_seconds, batch_seconds, max_batch, sample_rate, device, normalize,
+        progress, desc, read_fn, convert_audio, skip_bad=False,
+    )
     return torch.stack(out)
+
+
+@torch.no_grad()
+def extract_readable_embeddings(
+    embed_fn: EmbedFn, wav_paths: Sequence[str], **kwargs
+) -> Tuple[torch.Tensor, List[int], Dict[str, str]]:
+    """``extract_embeddings`` that leaves out the files that cannot be used instead of raising.
+
+    Returns (embeddings (M, D) of the usable files, their indices in ``wav_paths``, {left-out path: reason}).
+    """
+    keys = ("durations", "max_seconds", "batch_seconds", "max_batch", "sample_rate", "device", "normalize",
+            "progress", "desc", "read_fn", "convert_audio")
+    defaults = dict(durations=None, max_seconds=None, batch_seconds=240.0, max_batch=64, sample_rate=16000,
+                    device="cpu", normalize=True, progress=True, desc="embeddings", read_fn=None, convert_audio=True)
+    unknown = set(kwargs) - set(keys)
+    if unknown:
+        raise TypeError(f"extract_readable_embeddings: unknown arguments {sorted(unknown)}")
+    a = {**defaults, **kwargs}
+    out, bad = _embed_files(embed_fn, wav_paths, *(a[k] for k in keys), skip_bad=True)
+    kept = [i for i, e in enumerate(out) if e is not None]
+    if not kept:
+        raise ValueError(f"none of the {len(wav_paths)} files could be used, e.g. {next(iter(bad.items()), None)}")
+    return torch.stack([out[i] for i in kept]), kept, bad

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from speechbrain_ssrl import scoring
-from speechbrain_ssrl.data.trials import read_trials, resolve_trial_paths, split_data_folders
+from speechbrain_ssrl.data.trials import resolve_trial_paths, split_data_folders
 from speechbrain_ssrl.data.trials import trial_files as _distinct_files
-from speechbrain_ssrl.embeddings import extract_embeddings
+from speechbrain_ssrl.data.voxceleb import read_trial_list
+from speechbrain_ssrl.embeddings import extract_embeddings, extract_readable_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +134,11 @@ def sample_cohort(files: Sequence[str], size: Optional[int], seed: int = 0, excl
             "that are not in the trial lists"
         )
     missing = [f for f in files if not os.path.isfile(f)]
+    if len(missing) == len(files):
+        raise FileNotFoundError(f"none of the {len(files)} cohort files exists, e.g. {missing[:3]}")
     if missing:
-        raise FileNotFoundError(f"{len(missing)} cohort file(s) do not exist, e.g. {missing[:3]}")
-    return list(files)
+        logger.warning("AS-norm cohort: %d file(s) do not exist and are left out, e.g. %s", len(missing), missing[:3])
+    return [f for f in files if f not in set(missing)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,6 +216,7 @@ def evaluate_model(
     batch_seconds: float = 240.0,
     max_batch: int = 64,
     device: str = "cpu",
+    convert_audio: bool = True,
     p_targets: Sequence[float] = (0.01, 0.05),
     compute_se: bool = True,
     score_norm: Optional[str] = None,
@@ -235,11 +239,15 @@ def evaluate_model(
         trial_files: ``veri_test2.txt``-format lists (paths relative to ``<data_folder>/wav/``).
         data_folders: corpus root(s) (a list or a comma-separated string).
         names: keys for results (default: each list's file name without extension).
-        max_seconds: cap per utterance (None = full length).
+        max_seconds: cap per utterance (None = full length); a cut file is named in a warning.
+        convert_audio: test files at another sample rate are resampled and multi-channel files averaged
+            (one warning naming the files); False: such a file is refused (``BadAudioError`` naming it and
+            its rate). A file that is not audio, holds no sample or a NaN / inf sample is always refused.
         score_norm: None/"none" or "as-norm". AS-norm results are added as ``<name>_asnorm``.
         cohort_files / cohort_csv: unlabelled cohort utterances (a list of files, or the ``wav``
             column of a training CSV). Default: all ``<root>/wav`` utterances of speakers that are
-            in none of the trial lists.
+            in none of the trial lists. Unusable cohort files are left out with a warning (and, for a
+            training CSV, recorded in its ``skipped_files.txt``, whose files are not read).
         cohort_size: cohort utterances drawn at random (seeded); None = all.
         topk: the ``topk`` cohort scores closest to each utterance give its normalisation stats.
         output_folder: when given, results.json, scores_<name>.txt and det_curve.png are written.
@@ -261,7 +269,7 @@ def evaluate_model(
     lists: List[Tuple[str, str, list]] = []
     abs_of: Dict[str, str] = {}
     for i, path in enumerate(trial_files):
-        trials = read_trials(path)
+        trials = read_trial_list(path)
         n_target = sum(t.label for t in trials)
         if n_target in (0, len(trials)):
             raise ValueError(
@@ -280,15 +288,40 @@ def evaluate_model(
         embed_fn = _as_embed_fn(model, device, tmp_dir)
         return _evaluate(
             embed_fn, lists, abs_of, data_folders, out_dir=out_dir, max_seconds=max_seconds,
-            batch_seconds=batch_seconds, max_batch=max_batch, device=device, p_targets=p_targets,
+            batch_seconds=batch_seconds, max_batch=max_batch, device=device, convert_audio=convert_audio, p_targets=p_targets,
             compute_se=compute_se, norm=norm, cohort_files=cohort_files, cohort_csv=cohort_csv,
             cohort_size=cohort_size, cohort_max_seconds=cohort_max_seconds, topk=topk, seed=seed,
             det_plot=det_plot, save_scores=save_scores, progress=progress,
         )
 
 
+def _cohort_embeddings(embed_fn, files, cohort_csv, size, seed, exclude, topk, **kwargs) -> torch.Tensor:
+    """Embeddings of the AS-norm cohort; unusable files are left out (named in a warning). A cohort from a
+    training CSV shares the run's ``skipped_files.txt``: files found bad in training are not read, new
+    ones are added to it."""
+    from speechbrain_ssrl.data.views import bad_file_list
+
+    bad_list = bad_file_list(os.fspath(cohort_csv)) if cohort_csv else None
+    if bad_list is not None:
+        known = [f for f in files if bad_list.reason(f) is not None]
+        if known:
+            logger.info("AS-norm cohort: %d file(s) listed in %s are left out", len(known), bad_list.path)
+            files = [f for f in files if bad_list.reason(f) is None]
+    files = sample_cohort(files, size, seed=seed, exclude=exclude)
+    emb, kept, bad = extract_readable_embeddings(embed_fn, files, desc="cohort embeddings", **kwargs)
+    for path, why in bad.items():
+        if bad_list is not None:
+            bad_list.add(path, why, " (AS-norm cohort)")
+        else:
+            logger.warning("AS-norm cohort: %s left out: %s", path, why)
+    if len(kept) < 2:
+        raise ValueError(f"the AS-norm cohort has {len(kept)} usable utterance(s): give another cohort_csv")
+    logger.info("AS-norm cohort: %d unlabelled utterances, top-%d", len(kept), topk)
+    return emb
+
+
 def _evaluate(embed_fn, lists, abs_of, data_folders, *, out_dir, max_seconds, batch_seconds, max_batch, device,
-              p_targets, compute_se, norm, cohort_files, cohort_csv, cohort_size, cohort_max_seconds, topk, seed,
+              convert_audio, p_targets, compute_se, norm, cohort_files, cohort_csv, cohort_size, cohort_max_seconds, topk, seed,
               det_plot, save_scores, progress) -> Dict[str, Dict[str, float]]:
     rel_files = list(dict.fromkeys(f for _, _, tr in lists for f in _distinct_files(tr)))
 
@@ -302,6 +335,7 @@ def _evaluate(embed_fn, lists, abs_of, data_folders, *, out_dir, max_seconds, ba
         device=device,
         progress=progress,
         desc="trial embeddings",
+        convert_audio=convert_audio,
     )
     emb_of = {f: emb[i] for i, f in enumerate(rel_files)}
 
@@ -310,11 +344,10 @@ def _evaluate(embed_fn, lists, abs_of, data_folders, *, out_dir, max_seconds, ba
         test_speakers = {scoring.speaker_of(f) for f in rel_files}
         if cohort_files is None:
             cohort_files = cohort_files_from_csv(cohort_csv) if cohort_csv else cohort_files_from_folders(data_folders, test_speakers)
-        files = sample_cohort(cohort_files, cohort_size, seed=seed, exclude=list(abs_of.values()))
-        logger.info("AS-norm cohort: %d unlabelled utterances, top-%d", len(files), topk)
-        cohort = extract_embeddings(
-            embed_fn, files, max_seconds=cohort_max_seconds, batch_seconds=batch_seconds, max_batch=max_batch,
-            device=device, progress=progress, desc="cohort embeddings",
+        cohort = _cohort_embeddings(
+            embed_fn, cohort_files, cohort_csv, cohort_size, seed, list(abs_of.values()), topk,
+            max_seconds=cohort_max_seconds, batch_seconds=batch_seconds, max_batch=max_batch, device=device,
+            progress=progress,
         )
 
     results: Dict[str, Dict[str, float]] = {}

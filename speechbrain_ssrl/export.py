@@ -286,16 +286,25 @@ def _load_ckpt(path: str) -> Dict[str, torch.Tensor]:
 
 
 def _export_yaml_kwargs(folder: str) -> Tuple[Dict[str, Any], int]:
-    """(ECAPA kwargs, n_mels) of an export folder, read back from its hyperparams.yaml."""
-    from hyperpyyaml import load_hyperpyyaml
-
+    """(ECAPA kwargs, n_mels) of an export folder: its ``ecapa.json``, else its hyperparams.yaml read as
+    data (the ``embedding_model`` mapping, references followed). Nothing in the yaml is executed: a model
+    folder is code for hyperpyyaml (``!apply:``), and only ``EncoderClassifier.from_hparams`` runs it."""
     kw = _read_arch_file(folder)
-    with open(os.path.join(folder, "hyperparams.yaml"), encoding="utf-8") as f:
-        hp = load_hyperpyyaml(f)
-    n_mels = int(hp.get("n_mels", 80))
+    path = os.path.join(folder, "hyperparams.yaml")
     if kw is None:
-        kw = ecapa_kwargs_of(hp["embedding_model"])
-    return kw, n_mels
+        kw = _arch_from_training_yaml(path)
+    if kw is None:
+        raise ExportError(
+            f"{folder}: no ecapa.json and no ECAPA_TDNN `embedding_model` in {path}: not an export of this package"
+        )
+    n_mels = kw.get("input_size")
+    if n_mels is None:
+        from ruamel.yaml import YAML
+
+        with open(path, encoding="utf-8") as f:
+            doc = YAML(typ="rt").load(f)
+        n_mels = doc.get("n_mels", 80) if isinstance(doc, Mapping) else 80
+    return dict(kw), int(n_mels)
 
 
 def _match_keys(sd: Mapping[str, torch.Tensor], expected: Iterable[str]) -> Dict[str, torch.Tensor]:
@@ -560,20 +569,29 @@ def export_encoder(
 
 
 def verify_export(folder: str) -> torch.nn.Module:
-    """Builds the encoder from ``folder/hyperparams.yaml`` and loads ``embedding_model.ckpt`` strictly.
+    """Checks an export folder without executing its hyperparams.yaml: the yaml (read as data) declares the
+    keys ``EncoderClassifier`` needs and an ECAPA_TDNN ``embedding_model``, and ``embedding_model.ckpt``
+    loads strictly into the architecture it declares.
 
     Raises :class:`ExportError` naming the missing/unexpected keys and the file on a mismatch.
-    Returns the loaded encoder.
+    Returns the loaded encoder (built from the declared architecture).
     """
-    from hyperpyyaml import load_hyperpyyaml
+    from ruamel.yaml import YAML
 
     folder = os.path.abspath(folder)
-    with open(os.path.join(folder, "hyperparams.yaml"), encoding="utf-8") as f:
-        hp = load_hyperpyyaml(f)
+    path = os.path.join(folder, "hyperparams.yaml")
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = YAML(typ="rt").load(f)
+    except Exception as e:  # noqa: BLE001 - missing file, yaml syntax
+        raise ExportError(f"cannot read {path}: {e}") from None
+    if not isinstance(doc, Mapping):
+        raise ExportError(f"{path} is not a yaml mapping")
     for key in ("modules", "pretrainer", "compute_features", "mean_var_norm", "embedding_model"):
-        if key not in hp:
+        if key not in doc:
             raise ExportError(f"{folder}/hyperparams.yaml lacks '{key}'")
-    model = hp["embedding_model"]
+    kw, n_mels = _export_yaml_kwargs(folder)
+    model = build_ecapa(normalize_ecapa_kwargs(kw, n_mels))
     ckpt = os.path.join(folder, "embedding_model.ckpt")
     _strict_load(model, _load_ckpt(ckpt), ckpt)
     return model.eval()
@@ -583,7 +601,9 @@ def load_embed_fn(model_path, device: str = "cpu", savedir: Optional[str] = None
     """``(embed_fn, description)`` for a model path, through ``EncoderClassifier``.
 
     An exported folder is loaded directly (absolute path, offline); a checkpoint or training output
-    folder is first exported to ``savedir`` (a temporary folder when None).
+    folder is first exported to ``savedir`` (a temporary folder when None). The folder's hyperparams.yaml
+    is executed once, by ``EncoderClassifier.from_hparams`` (hyperpyyaml runs ``!apply:`` and imports
+    ``!new:`` classes): a model folder is code, load only folders you trust.
     ``embed_fn(wavs (B, T), lens (B,)) -> (B, D)`` (not normalised).
     """
     from speechbrain.inference.speaker import EncoderClassifier
@@ -598,6 +618,7 @@ def load_embed_fn(model_path, device: str = "cpu", savedir: Optional[str] = None
 
         folder = os.path.join(savedir or tempfile.mkdtemp(prefix="ssrl_export_"), "exported_model")
         export_encoder(path, folder, ecapa_kwargs=ecapa_kwargs, overwrite=True)
+    # the one execution of the folder's hyperparams.yaml (SpeechBrain's): a model folder is code
     clf = EncoderClassifier.from_hparams(
         source=os.path.abspath(folder),
         savedir=None,
@@ -605,6 +626,9 @@ def load_embed_fn(model_path, device: str = "cpu", savedir: Optional[str] = None
         local_strategy=LocalStrategy.NO_LINK,
         fetch_config=FetchConfig(allow_network=False),
     )
+    ckpt = os.path.join(folder, "embedding_model.ckpt")  # every weight loaded (the pretrainer is not strict)
+    _strict_load(clf.mods.embedding_model, _load_ckpt(ckpt), ckpt)
+    clf.mods.embedding_model.to(device)
 
     def embed_fn(wavs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         emb = clf.encode_batch(wavs.to(device), lens.to(device))

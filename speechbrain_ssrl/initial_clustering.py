@@ -131,6 +131,7 @@ def initial_clustering(
     chunk_size: Optional[int] = None,
     replacements: Optional[Dict[str, str]] = None,
     filename: str = FILENAME,
+    sample_rate: int = 16000,
 ) -> Dict[str, Any]:
     """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
 
@@ -143,6 +144,7 @@ def initial_clustering(
         n_iter, tol, seed, spherical, init, precision, chunk_size: passed to :func:`kmeans`.
         batch_seconds, max_batch: audio per embedding batch (batches group similar lengths).
         replacements: ``{"data_root": "/path"}`` fills ``$data_root`` / ``{data_root}`` in the wav column.
+        sample_rate: the training audio's rate (another rate makes a file unusable, as in training).
     Returns:
         dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
         saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
@@ -167,15 +169,20 @@ def initial_clustering(
     if k > len(ids):
         raise ValueError(f"k = {k} clusters but {train_csv} has only {len(ids)} utterances")
     missing = [w for w in wavs if not os.path.isfile(w)]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} audio file(s) of {train_csv} do not exist, e.g. {missing[0]}")
+    if len(missing) == len(wavs):
+        raise FileNotFoundError(
+            f"none of the {len(wavs)} audio files of {train_csv} exists, e.g. {missing[0]}: is the corpus mounted? "
+            "Re-run the data preparation if it moved"
+        )
 
     config = dict(
         train_csv=os.path.abspath(train_csv), k=k, max_seconds=max_seconds, n_iter=n_iter, tol=tol, seed=seed,
         spherical=spherical, init=init, precision=precision, batch_seconds=batch_seconds, max_batch=max_batch,
     )
     t0 = time.perf_counter()
-    emb = _embed_all(embed_fn, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress)
+    emb = _embed_all(
+        embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress, sample_rate
+    )
     t_embed = time.perf_counter() - t0
     logger.info("initial clustering: %d embeddings of dimension %d in %.1f s", emb.shape[0], emb.shape[1], t_embed)
 
@@ -220,11 +227,26 @@ def initial_clustering(
     return data
 
 
-def _embed_all(embed_fn, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress):
-    """L2-normalised embeddings of ``wavs`` (N, D) on the CPU (see ``embeddings.extract_embeddings``)."""
+def _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress,
+               sample_rate):
+    """L2-normalised embeddings of ``wavs`` (N, D) on the CPU (see ``embeddings.extract_embeddings``).
+
+    Files are read like the training views (``views.read_with_fallback`` at ``sample_rate``): an unusable file is
+    recorded in the run's ``skipped_files.txt`` and its row embeds the next row that reads, the row the
+    training loader gives in its place.
+    """
+    from speechbrain_ssrl.data.views import bad_file_list, read_checked, read_with_fallback
     from speechbrain_ssrl.embeddings import extract_embeddings
+
+    rows = [{"ID": i, "wav": w} for i, w in zip(ids, wavs)]
+    bad = bad_file_list(train_csv)
+
+    def read(i: int, ms: Optional[float]) -> torch.Tensor:
+        stop = None if ms is None else int(round(ms * sample_rate))
+        return read_with_fallback(rows, i, lambda j: read_checked(wavs[j], 0, stop, sample_rate), bad_files=bad)[1]
 
     return extract_embeddings(
         embed_fn, wavs, durations=durations, max_seconds=max_seconds, batch_seconds=batch_seconds,
         max_batch=max_batch, device=device, normalize=True, progress=progress, desc="initial clustering: embeddings",
+        sample_rate=sample_rate, read_fn=read,
     )

@@ -26,7 +26,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from speechbrain_ssrl.bn_recalibration import recalibrate_bn
 from speechbrain_ssrl.checkpoints import RNGState
-from speechbrain_ssrl.data.views import clean_crop_batches, read_csv_rows
+from speechbrain_ssrl.data.views import bad_file_list, clean_crop_batches, read_csv_rows
 from speechbrain_ssrl.export import RECIPE_ARCH_KEYS
 from speechbrain_ssrl.history import History, plot_history
 
@@ -249,12 +249,12 @@ class SSLBrainBase(sb.Brain):
         rows = getattr(self, "_train_rows", None)
         if rows is None:
             rows = self._train_rows = read_csv_rows(self.hparams.train_annotation)
-        return (
-            b.to(self.device)
-            for b in clean_crop_batches(
-                rows, n_batches, self.hparams.bn_recal_batch_size, self.hparams.bn_recal_seconds, seed=self.hparams.seed
-            )
+        batches = clean_crop_batches(
+            rows, n_batches, self.hparams.bn_recal_batch_size, self.hparams.bn_recal_seconds, seed=self.hparams.seed,
+            sample_rate=int(getattr(self.hparams, "sample_rate", 16000)),
+            bad_files=bad_file_list(self.hparams.train_annotation),  # the training loader's checked read
         )
+        return (b.to(self.device) for b in batches)
 
     def scoring_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """A copy of ``model`` in eval mode, with BN statistics re-estimated on clean crops when enabled."""

@@ -31,10 +31,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
 from speechbrain_ssrl.data.trials import (
+    TrialListError,
     read_trials,
     resolve_trial_paths,
     split_data_folders,
@@ -50,6 +52,9 @@ __all__ = [
     "convert_m4a_to_wav",
     "find_wavs",
     "prepare_voxceleb",
+    "preparation_options",
+    "preparation_is_current",
+    "read_trial_list",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +63,7 @@ CSV_HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
 OPT_FILE = "opt_voxceleb_prepare.json"
 SKIPPED_FILE = "skipped_files.txt"
 _KNOWN_SPLITS = ("train", "test")
-_PREP_VERSION = 1
+_PREP_VERSION = 2  # 2: float-coded files are decoded and checked for NaN / inf
 
 
 @dataclass(frozen=True)
@@ -133,26 +138,68 @@ def check_audio(
     duration = info.frames / info.samplerate
     if duration < min_duration:
         return None, f"too short: {duration:.2f} s < min_duration {min_duration:g} s"
+    why = _nonfinite_float_samples(path, info.subtype)
+    if why:
+        return None, why
     return AudioInfo(int(info.frames), int(info.samplerate)), None
 
 
-def _sorted_dirs(path: str) -> List[str]:
+#: soundfile subtypes that can hold NaN / inf samples (integer PCM cannot)
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+
+def _nonfinite_float_samples(path: str, subtype: str, block: int = 1 << 18) -> Optional[str]:
+    """Why a float-coded file is unusable (a NaN / inf sample, or undecodable data), or None.
+
+    Only float files are decoded (block by block, bounded memory); integer PCM cannot hold NaN.
+    """
+    if str(subtype).upper() not in _FLOAT_SUBTYPES:
+        return None
+    try:
+        for i, data in enumerate(sf.blocks(path, blocksize=block, dtype="float32", always_2d=True)):
+            bad = ~np.isfinite(data)
+            if bad.any():
+                first = i * block + int(np.argmax(bad.any(axis=1)))
+                return f"non-finite samples (NaN or inf), the first at sample {first}"
+    except Exception as err:  # noqa: BLE001
+        return f"unreadable: {str(err).strip() or type(err).__name__}"
+    return None
+
+
+def _entry_is(entry: os.DirEntry, kind: str, skipped: Optional[List[Tuple[str, str]]]) -> bool:
+    """``entry.is_dir()`` / ``is_file()`` following symlinks; a symlink loop or a dangling link is recorded
+    in ``skipped`` (path, reason) instead of aborting the scan."""
+    try:
+        return entry.is_dir(follow_symlinks=True) if kind == "dir" else entry.is_file(follow_symlinks=True)
+    except OSError as err:
+        if skipped is not None:
+            skipped.append((entry.path, f"unreadable: {err.strerror or err} (a symbolic link loop?)"))
+        return False
+
+
+def _sorted_dirs(path: str, skipped: Optional[List[Tuple[str, str]]] = None) -> List[str]:
     with os.scandir(path) as it:
-        return sorted(e.name for e in it if e.is_dir(follow_symlinks=True))
+        return sorted(e.name for e in it if _entry_is(e, "dir", skipped))
 
 
-def find_wavs(root: str, skip_speakers: Sequence[str] = ()) -> List[Tuple[str, str]]:
-    """(relative path ``spk/video/utt.wav``, absolute path) of every ``<root>/wav/*/*/*.wav``, sorted."""
+def find_wavs(
+    root: str, skip_speakers: Sequence[str] = (), skipped: Optional[List[Tuple[str, str]]] = None
+) -> List[Tuple[str, str]]:
+    """(relative path ``spk/video/utt.wav``, absolute path) of every ``<root>/wav/*/*/*.wav``, sorted.
+
+    Entries that cannot be followed (a symbolic link loop, a dangling link) are appended to ``skipped``
+    as (path, reason) when a list is given, and left out.
+    """
     wav_dir = os.path.join(root, "wav")
     skip = set(skip_speakers)
     out: List[Tuple[str, str]] = []
-    for spk in _sorted_dirs(wav_dir):
+    for spk in _sorted_dirs(wav_dir, skipped):
         if spk in skip:
             continue
-        for video in _sorted_dirs(os.path.join(wav_dir, spk)):
+        for video in _sorted_dirs(os.path.join(wav_dir, spk), skipped):
             vdir = os.path.join(wav_dir, spk, video)
             with os.scandir(vdir) as it:
-                names = sorted(e.name for e in it if e.name.lower().endswith(".wav") and e.is_file())
+                names = sorted(e.name for e in it if e.name.lower().endswith(".wav") and _entry_is(e, "file", skipped))
             out.extend((f"{spk}/{video}/{n}", os.path.join(vdir, n)) for n in names)
     return out
 
@@ -254,7 +301,19 @@ def convert_m4a_to_wav(root: str, jobs: int = 2, sample_rate: int = 16000) -> in
     return len(todo) - len(failed)
 
 
-def _check_roots(roots: List[str]) -> None:
+def read_trial_list(path: str):
+    """``read_trials`` with a ``TrialListError`` naming the file for a list that is not UTF-8 text."""
+    try:
+        return read_trials(path)
+    except UnicodeDecodeError as err:
+        raise TrialListError(
+            f"trial list {path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+            f"{err.start}): it is not a veri_test2.txt-format list, or has another encoding. Fix: pass the right "
+            "file, or convert it (iconv -t UTF-8)"
+        ) from None
+
+
+def _check_roots_exist(roots: List[str]) -> None:
     for root in roots:
         if not os.path.isdir(root):
             raise FileNotFoundError(
@@ -262,6 +321,11 @@ def _check_roots(roots: List[str]) -> None:
                 "wav/<speaker>/<video>/<utt>.wav (comma-separated for VoxCeleb1 + VoxCeleb2), or build "
                 "MiniVox with `minivox-build --size demo --out <folder>`"
             )
+
+
+def _check_roots(roots: List[str]) -> None:
+    _check_roots_exist(roots)
+    for root in roots:
         if not os.path.isdir(os.path.join(root, "wav")):
             has_m4a = any(f.endswith(".m4a") for _, _, fs in os.walk(root) for f in fs[:50])
             hint = (
@@ -285,6 +349,52 @@ def _skip_if_done(save_folder: str, opts: dict, splits: Sequence[str], trial_cop
         return False
     needed = [os.path.join(save_folder, f"{s}.csv") for s in splits] + [trial_copy]
     return all(os.path.isfile(p) for p in needed)
+
+
+def preparation_options(
+    data_folder: Union[str, Sequence[str]],
+    verification_pairs_file: str,
+    splits: Sequence[str] = ("train", "test"),
+    min_duration: float = 1.0,
+    convert_m4a: bool = False,
+    sample_rate: int = 16000,
+) -> Dict[str, object]:
+    """The arguments a preparation depends on (saved as ``opt_voxceleb_prepare.json``)."""
+    trials_path = os.path.abspath(os.fspath(verification_pairs_file))
+    return {
+        "version": _PREP_VERSION,
+        "data_folder": split_data_folders(data_folder),
+        "verification_pairs_file": trials_path,
+        "trials_sha1": _sha1(trials_path),
+        "splits": list(splits),
+        "min_duration": float(min_duration),
+        "convert_m4a": bool(convert_m4a),
+        "sample_rate": int(sample_rate),
+    }
+
+
+def preparation_is_current(
+    data_folder: Union[str, Sequence[str]],
+    save_folder: str,
+    verification_pairs_file: str,
+    splits: Sequence[str] = ("train", "test"),
+    min_duration: float = 1.0,
+    skip_prep: bool = False,
+    convert_m4a: bool = False,
+    sample_rate: int = 16000,
+    **_: object,
+) -> bool:
+    """Whether ``prepare_voxceleb`` with these arguments would leave ``save_folder`` as it is (nothing
+    to prepare: ``skip_prep``, or the CSVs there were made with the same arguments and trial list).
+    Reads only; a missing data folder or trial list counts as not current (the preparation reports it)."""
+    if skip_prep:
+        return True
+    trials_path = os.path.abspath(os.fspath(verification_pairs_file))
+    if not os.path.isfile(trials_path):
+        return False
+    save_folder = os.path.abspath(os.fspath(save_folder))
+    opts = preparation_options(data_folder, trials_path, splits, min_duration, convert_m4a, sample_rate)
+    return _skip_if_done(save_folder, opts, splits, os.path.join(save_folder, os.path.basename(trials_path)))
 
 
 def prepare_voxceleb(
@@ -321,8 +431,10 @@ def prepare_voxceleb(
         ValueError: an unknown split, a malformed trial list, no training speaker left, or bad
             audio files named by the trial list.
 
-    Bad training files (unreadable, truncated, empty, too short, wrong sample rate, not mono) are
-    skipped, listed with the reason in ``save_folder/skipped_files.txt`` and a warning is logged.
+    Bad training files (unreadable, truncated, empty, too short, wrong sample rate, not mono, a float
+    file with a NaN / inf sample, a symbolic link loop) are skipped, listed with the reason in
+    ``save_folder/skipped_files.txt`` and a warning is logged. Training adds to that list the files
+    that turn out unusable when read (``speechbrain_ssrl.data.views.BadFileList``).
     """
     save_folder = os.path.abspath(os.fspath(save_folder))
     out = {s: os.path.join(save_folder, f"{s}.csv") for s in splits}
@@ -332,6 +444,7 @@ def prepare_voxceleb(
     if bad_splits or not splits:
         raise ValueError(f"unknown split(s) {bad_splits or list(splits)}: choose from {list(_KNOWN_SPLITS)}")
     roots = split_data_folders(data_folder)
+    _check_roots_exist(roots)  # before the trial list, which usually lives in the data folder
     trials_path = os.path.abspath(os.fspath(verification_pairs_file))
     if not os.path.isfile(trials_path):
         raise FileNotFoundError(
@@ -339,16 +452,7 @@ def prepare_voxceleb(
             "veri_test2.txt (or <minivox root>/veri_test2.txt for MiniVox)"
         )
     trial_copy = os.path.join(save_folder, os.path.basename(trials_path))
-    opts = {
-        "version": _PREP_VERSION,
-        "data_folder": roots,
-        "verification_pairs_file": trials_path,
-        "trials_sha1": _sha1(trials_path),
-        "splits": list(splits),
-        "min_duration": float(min_duration),
-        "convert_m4a": bool(convert_m4a),
-        "sample_rate": int(sample_rate),
-    }
+    opts = preparation_options(roots, trials_path, splits, min_duration, convert_m4a, sample_rate)
     if _skip_if_done(save_folder, opts, splits, trial_copy):
         logger.info("VoxCeleb CSVs in %s are up to date, skipping preparation", save_folder)
         return out
@@ -364,7 +468,7 @@ def prepare_voxceleb(
             "(expected wav/<speaker>/<video>/<utt>.wav): the corpus is empty. Fix: point data_folder at "
             "the extracted VoxCeleb root, convert VoxCeleb2 with convert_m4a=True, or build MiniVox."
         )
-    trials = read_trials(trials_path)
+    trials = read_trial_list(trials_path)
     test_spk = trial_speakers(trials)
     resolved = resolve_trial_paths(trials, roots, trials_file=trials_path)
     os.makedirs(save_folder, exist_ok=True)
@@ -374,7 +478,7 @@ def prepare_voxceleb(
         files: List[Tuple[str, str]] = []
         seen: Dict[str, str] = {}
         for root in roots:
-            for rel, path in find_wavs(root, skip_speakers=sorted(test_spk)):
+            for rel, path in find_wavs(root, skip_speakers=sorted(test_spk), skipped=skipped):
                 if rel in seen:
                     skipped.append((path, f"duplicate of {seen[rel]} (same relative path in an earlier data folder)"))
                     continue

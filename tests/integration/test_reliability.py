@@ -217,7 +217,7 @@ def test_corrupt_wav_mid_epoch_is_replaced_with_a_warning(prepared_ci, tmp_path,
     assert [it["index"] for it in items] == [0, 1, 3, 3, 4, 5]  # row 2 -> the next row, consistently
     assert torch.equal(items[2]["teacher_view"], items[3]["teacher_view"])
     assert torch.equal(crops[2]["global_views"], crops[3]["global_views"]) and crops[2]["index"] == 3
-    assert f"could not decode {bad}" in caplog.text and "using the next row" in caplog.text
+    assert f"unusable training file {bad}" in caplog.text and "the next CSV row that reads is used" in caplog.text
     # a training DataLoader over it runs through the whole epoch
     from speechbrain.dataio.dataloader import make_dataloader
 

@@ -124,10 +124,13 @@ def test_bad_input(tmp_path, corpus):
         initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "x"), 13, progress=False)
     with pytest.raises(FileNotFoundError):
         initial_clustering(FakeEmbed(), str(tmp_path / "nope.csv"), str(tmp_path / "x"), 2, progress=False)
+    gone = [dict(r, wav=str(tmp_path / f"missing{i}.wav")) for i, r in enumerate(rows)]
+    with pytest.raises(FileNotFoundError, match="none of the 12 audio files"):  # a missing corpus stops the run
+        initial_clustering(FakeEmbed(), _write_csv(tmp_path / "gone.csv", gone), str(tmp_path / "x"), 2, progress=False)
     bad = [dict(r) for r in rows]
-    bad[3]["wav"] = str(tmp_path / "missing.wav")
-    with pytest.raises(FileNotFoundError, match="missing.wav"):
-        initial_clustering(FakeEmbed(), _write_csv(tmp_path / "bad.csv", bad), str(tmp_path / "x"), 2, progress=False)
+    bad[3]["wav"] = str(tmp_path / "missing.wav")  # one missing file does not (tests/integration/test_reliability.py)
+    out = initial_clustering(FakeEmbed(), _write_csv(tmp_path / "bad.csv", bad), str(tmp_path / "z"), 2, progress=False)
+    assert out["labels"].shape == (12,) and "missing.wav" in (tmp_path / "skipped_files.txt").read_text()
     dup = rows + [rows[0]]
     with pytest.raises(ValueError, match="unique"):
         initial_clustering(FakeEmbed(), _write_csv(tmp_path / "dup.csv", dup), str(tmp_path / "x"), 2, progress=False)
