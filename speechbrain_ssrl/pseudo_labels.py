@@ -76,6 +76,7 @@ class PseudoLabelState(StateRecoverable):
         self._rec_idx: List[torch.Tensor] = []
         self._rec_hat: List[torch.Tensor] = []
         self._rec_loss: List[torch.Tensor] = []
+        self._rec_emb: List[torch.Tensor] = []  # teacher embeddings (fp16), only when relabelling at the epoch end
 
     @property
     def n(self) -> int:
@@ -98,11 +99,16 @@ class PseudoLabelState(StateRecoverable):
         out = torch.where(out < 0, y_hat.cpu(), out)
         return out.to(y_hat.device)
 
-    def record(self, indices: torch.Tensor, y_hat: torch.Tensor, teacher_loss: torch.Tensor) -> None:
-        """Keeps the teacher's relabelling of a batch until the end of the epoch."""
+    def record(
+        self, indices: torch.Tensor, y_hat: torch.Tensor, teacher_loss: torch.Tensor, embeddings: Optional[torch.Tensor] = None
+    ) -> None:
+        """Keeps the teacher's relabelling of a batch until the end of the epoch (and its embeddings, in
+        fp16, when ŷ is recomputed at the epoch end: ``online_clustering.RelabelConfig.at_epoch_end``)."""
         self._rec_idx.append(indices.detach().to("cpu", torch.long))
         self._rec_hat.append(y_hat.detach().to("cpu", torch.long))
         self._rec_loss.append(teacher_loss.detach().float().cpu())
+        if embeddings is not None:
+            self._rec_emb.append(embeddings.detach().to("cpu", torch.float16))
 
     def n_recorded(self) -> int:
         return sum(t.numel() for t in self._rec_idx)
@@ -115,6 +121,8 @@ class PseudoLabelState(StateRecoverable):
         """Drops the records made since ``record_mark()`` returned ``mark`` (a skipped batch); returns how many."""
         n = sum(t.numel() for t in self._rec_idx[mark:])
         del self._rec_idx[mark:], self._rec_hat[mark:], self._rec_loss[mark:]
+        if len(self._rec_emb) > mark:
+            del self._rec_emb[mark:]
         return n
 
     def _local_records(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,11 +130,26 @@ class PseudoLabelState(StateRecoverable):
         cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
         return cat(self._rec_idx, torch.long), cat(self._rec_hat, torch.long), cat(self._rec_loss, torch.float32)
 
-    def _take_all_records(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every rank's records (rank order; collective under DDP); this rank's own are cleared."""
+    def _local_embeddings(self) -> torch.Tensor:
+        """This rank's recorded teacher embeddings (n, D) in fp16; (0, 0) when none are kept."""
+        return torch.cat(self._rec_emb) if self._rec_emb else torch.zeros(0, 0, dtype=torch.float16)
+
+    def _take_all_records(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every rank's records (rank order; collective under DDP): indices, teacher labels, losses and the
+        fp16 embeddings ((n, 0) when none are kept); this rank's own are cleared."""
         idx, hat, loss = (all_gather_cat(t) for t in self._local_records())
-        self._rec_idx, self._rec_hat, self._rec_loss = [], [], []
-        return idx, hat, loss
+        emb = self._local_embeddings()
+        d = int(all_gather_cat(torch.tensor([emb.shape[1]])).max())
+        emb = all_gather_cat(emb.reshape(-1)).reshape(idx.numel(), d)
+        self._rec_idx, self._rec_hat, self._rec_loss, self._rec_emb = [], [], [], []
+        return idx, hat, loss, emb
+
+    def take_epoch_records(self) -> Dict[str, torch.Tensor]:
+        """Every rank's records of the epoch with the teacher embeddings (collective under DDP), for a
+        relabelling at the epoch end; give the (changed) records back to ``end_epoch(records=...)``.
+        Keys ``idx``, ``hat``, ``loss``, ``emb`` (float32 (n, D); (n, 0) when none were recorded)."""
+        idx, hat, loss, emb = self._take_all_records()
+        return {"idx": idx, "hat": hat, "loss": loss, "emb": emb.float()}
 
     def gather_records_to_main(self) -> int:
         """Under DDP, before an intra-epoch checkpoint (collective: every rank calls it, as SpeechBrain
@@ -135,21 +158,27 @@ class PseudoLabelState(StateRecoverable):
         end-of-epoch gather still counts each record once. Returns the number of records rank 0 holds."""
         if not _dist():
             return self.n_recorded()
-        idx, hat, loss = self._take_all_records()
+        idx, hat, loss, emb = self._take_all_records()
         if torch.distributed.get_rank() == 0 and idx.numel():
             self._rec_idx, self._rec_hat, self._rec_loss = [idx], [hat], [loss]
-        else:
-            self._rec_idx, self._rec_hat, self._rec_loss = [], [], []
+            self._rec_emb = [emb] if emb.shape[1] else []
         return int(idx.numel())
 
     # ------------------------------------------------------------------ end of epoch
-    def end_epoch(self, update_labels: bool, prune: bool) -> Dict[str, Any]:
-        """Gathers the records of all ranks, pushes them into the queues, updates labels / pruning / GMM.
+    def end_epoch(
+        self, update_labels: bool, prune: bool, records: Optional[Dict[str, torch.Tensor]] = None
+    ) -> Dict[str, Any]:
+        """Gathers the records of all ranks (or takes ``records`` from ``take_epoch_records``, relabelled),
+        pushes them into the queues, updates labels / pruning / GMM.
 
-        Returns statistics and ``newly_pruned`` (LongTensor of cluster ids to prune in the classifiers).
+        Returns statistics, ``newly_pruned`` (LongTensor of cluster ids to prune in the classifiers) and
+        ``previous_labels`` (the labels before this update).
         """
-        idx, hat, loss = self._take_all_records()
-        stats: Dict[str, Any] = {"n_relabelled": int(idx.numel())}
+        if records is None:
+            idx, hat, loss, _ = self._take_all_records()
+        else:
+            idx, hat, loss = records["idx"], records["hat"], records["loss"]
+        stats: Dict[str, Any] = {"n_relabelled": int(idx.numel()), "previous_labels": self.labels}
         newly = torch.zeros(0, dtype=torch.long)
         if idx.numel():
             self.queue.push(idx, hat)
@@ -176,7 +205,7 @@ class PseudoLabelState(StateRecoverable):
         stats["n_clusters"] = int(torch.unique(self.labels).numel())
         stats["n_pruned"] = int(self.pruned.sum())
         stats["newly_pruned"] = newly
-        self._last_idx = idx
+        self._last_idx, self._last_hat = idx, hat
         return stats
 
     # ------------------------------------------------------------------ diagnostics (true labels)
@@ -185,6 +214,7 @@ class PseudoLabelState(StateRecoverable):
 
         A sample's label counts as "correct" when its cluster's majority true speaker is its own.
         """
+        from speechbrain_ssrl.label_diagnostics import detector_rates
         from speechbrain_ssrl.metrics import pseudo_label_report
 
         t = torch.as_tensor(true_labels).to(torch.long).cpu()
@@ -197,8 +227,14 @@ class PseudoLabelState(StateRecoverable):
         correct = major[self.labels] == t
         out["label_correct"] = float(correct.double().mean())
         idx = getattr(self, "_last_idx", None)
-        if idx is not None and idx.numel() and self.noise.enabled:
-            out.update(self.noise.detector_confusion(idx, correct[idx]))
+        if idx is not None and idx.numel():
+            # the teacher's raw assignments of the last labelling epoch, before the queue vote
+            hat = pseudo_label_report(self._last_hat, t[idx])
+            out.update({"hat_nmi": hat["nmi"], "hat_purity": hat["purity"]})
+            if self.noise.enabled:
+                conf = self.noise.detector_confusion(idx, correct[idx])
+                out.update(conf)
+                out.update(detector_rates(conf))
         return out
 
     # ------------------------------------------------------------------ checkpointing
@@ -214,6 +250,7 @@ class PseudoLabelState(StateRecoverable):
             "rec_idx": idx,
             "rec_hat": hat,
             "rec_loss": loss,
+            "rec_emb": self._local_embeddings(),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -231,8 +268,10 @@ class PseudoLabelState(StateRecoverable):
         self._rec_idx = [state["rec_idx"]] if state["rec_idx"].numel() else []
         self._rec_hat = [state["rec_hat"]] if state["rec_hat"].numel() else []
         self._rec_loss = [state["rec_loss"]] if state["rec_loss"].numel() else []
+        emb = state.get("rec_emb")  # absent in checkpoints of older versions
+        self._rec_emb = [emb] if emb is not None and emb.numel() else []
         if _dist() and torch.distributed.get_rank() != 0:
             # every rank reads the same checkpoint, but only rank 0 holds the running epoch's records
             # (gather_records_to_main): a copy on each rank would be counted world-size times
-            self._rec_idx, self._rec_hat, self._rec_loss = [], [], []
+            self._rec_idx, self._rec_hat, self._rec_loss, self._rec_emb = [], [], [], []
 

@@ -32,17 +32,25 @@ class WarmupCosine:
 
 class TwoSegmentCosine:
     """SSRL's learning rate: cosine ``fix_start → fix_end`` over the label-fixed steps, then
-    cosine ``upd_start → upd_end`` over the label-update steps."""
+    cosine ``upd_start → upd_end`` over the label-update steps; with ``upd_warmup_steps`` the update
+    segment opens with a linear ramp ``fix_end → upd_start`` over that many steps (no jump at the restart)."""
 
-    def __init__(self, fix_steps: int, total_steps: int, fix_start: float, fix_end: float, upd_start: float, upd_end: float) -> None:
+    def __init__(
+        self, fix_steps: int, total_steps: int, fix_start: float, fix_end: float, upd_start: float, upd_end: float,
+        upd_warmup_steps: int = 0,
+    ) -> None:
         self.fix_steps, self.total_steps = int(fix_steps), int(total_steps)
         self.fix = (float(fix_start), float(fix_end))
         self.upd = (float(upd_start), float(upd_end))
+        self.warm = max(0, int(upd_warmup_steps))
 
     def __call__(self, step: int) -> float:
         if step < self.fix_steps:
             return cosine(step, self.fix_steps, *self.fix)
-        return cosine(step - self.fix_steps, self.total_steps - self.fix_steps, *self.upd)
+        s = step - self.fix_steps
+        if s < self.warm:
+            return float(self.fix[1] + (self.upd[0] - self.fix[1]) * (s + 1) / self.warm)
+        return cosine(s - self.warm, self.total_steps - self.fix_steps - self.warm, *self.upd)
 
 
 def set_lr(optimizer, lr: float, weight_decay: float = None) -> None:

@@ -11,24 +11,45 @@ One run, starting from the DINO teacher and the k-means labels y0 (centroids →
   update phase y ← queue vote and clusters owning no utterance are pruned; the GMM is refitted.
 
 Epoch layout (1-based): epochs 1..E_fix keep the labels fixed (lr cosine ``lr_fix_start → lr_fix_end``);
-the teacher starts recording ``⌊L/2⌋ + 1`` epochs before the end of that phase so that the queues are full
-at the first update (end of epoch E_fix); epochs E_fix+1.. are the update phase (lr cosine
-``lr_start → lr_final``), labels updated every ``label_update_every`` epochs.
+the teacher records from ``⌊L/2⌋ + 1`` epochs before the end of that phase (never before epoch 1), so the
+queues are full at the first update (end of epoch E_fix) when E_fix ≥ ⌊L/2⌋ + 1; with a shorter label-fixed
+phase the first votes hold ⌊L/2⌋ seeded copies of y0 against fewer teacher labels, so they return y0
+(a warning says so). The teacher's loss target is the queue vote from epoch E_fix on (the labels the student
+trains on after the update); epochs E_fix+1.. are the update phase (optional linear warm-up
+``lr_fix_end → lr_start`` over ``update_warmup_epochs``, then cosine ``lr_start → lr_final``), labels
+updated every ``label_update_every`` epochs.
+
+Online clustering (``online_clustering``): ŷ is the nearest active prototype of the teacher classifier,
+batch by batch (the paper), optionally with the release's margin-at-the-label rule or a confidence gate;
+or, when ``relabel_prototypes`` is ``mean``/``kmeans`` or ``relabel_assignment`` is ``sinkhorn``, it is
+computed at the end of the epoch from the teacher embeddings recorded during it: the prototypes (both
+classifiers' rows) are re-estimated as the cluster means of those embeddings (plus Lloyd steps), then ŷ
+and λ follow from them. ``teacher_bn: recal`` re-estimates the teacher's BatchNorm statistics on clean
+crops before every labelling epoch (and keeps them through it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 import speechbrain as sb
 
+from speechbrain_ssrl.bn_recalibration import recalibrate_bn
 from speechbrain_ssrl.brains.base import SSLBrainBase
 from speechbrain_ssrl.ema import LinearMomentum, ema_update_
+from speechbrain_ssrl.label_diagnostics import (
+    cluster_size_stats,
+    label_merges,
+    pruning_report,
+    read_persons,
+    write_label_merges,
+)
 from speechbrain_ssrl.losses import weighted_mean
+from speechbrain_ssrl.online_clustering import CHUNK, RelabelConfig, relabel, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
 from speechbrain_ssrl.schedules import TwoSegmentCosine, set_lr
 
@@ -51,10 +72,21 @@ class SSRLBrain(SSLBrainBase):
         "label_quality": ["nmi", "purity", "accuracy"],
         "labels_changed": ["labels_changed", "hat_changed"],
         "clean_probability": ["mean_p", "frac_noisy"],
+        "teacher_assignments": ["hat_nmi", "hat_purity", "nmi"],
+        "cluster_sizes": ["size_min", "size_median", "size_max"],
+        "pruning": ["pruned_top_share", "pruned_proto_cos"],
+        "clean_detector": ["clean_precision", "clean_recall", "clean_base_rate", "clean_lift"],
+        "merges": ["max_speakers_per_home"],
     }
 
     # ------------------------------------------------------------------ set-up
-    def setup_pseudo_labels(self, labels: torch.Tensor, centroids: torch.Tensor, true_labels: Optional[torch.Tensor] = None) -> None:
+    def setup_pseudo_labels(
+        self,
+        labels: torch.Tensor,
+        centroids: torch.Tensor,
+        true_labels: Optional[torch.Tensor] = None,
+        speaker_names: Optional[List[str]] = None,
+    ) -> None:
         """Classifier rows ← centroids, teacher ← student, and a fresh ``PseudoLabelState`` from y0.
 
         Must be called before ``fit``; checkpoint recovery (inside ``fit``) then overwrites all of it
@@ -74,6 +106,23 @@ class SSRLBrain(SSLBrainBase):
             noisy_label_model=h.noisy_label_model,
         )
         self.true_labels = true_labels  # diagnostics only
+        self.speaker_names = speaker_names  # names of the true label ids (label_merges.csv)
+        self.relabel_cfg = RelabelConfig(
+            prototypes=str(getattr(h, "relabel_prototypes", "classifier")),
+            kmeans_iterations=int(getattr(h, "relabel_kmeans_iterations", 1)),
+            assignment=str(getattr(h, "relabel_assignment", "nearest")),
+            sinkhorn_epsilon=float(getattr(h, "sinkhorn_epsilon", 0.05)),
+            sinkhorn_iterations=int(getattr(h, "sinkhorn_iterations", 3)),
+            teacher_rule=str(getattr(h, "teacher_rule", "nearest")),
+            label_margin=float(h.aam_margin) if hasattr(h, "aam_margin") else 0.2,
+            min_margin=float(getattr(h, "relabel_min_margin", 0.0)),
+        )
+        L, e_fix = int(h.queue_length), int(h.fixed_label_epochs)
+        if bool(getattr(h, "update_labels", True)) and L > 1 and e_fix < L // 2 + 1:
+            logger.warning(
+                "fixed_label_epochs=%d < queue_length // 2 + 1 = %d: the first label updates vote over %d seeded copies "
+                "of y0 and fewer teacher labels, so they keep y0", e_fix, L // 2 + 1, L // 2,
+            )
         self.checkpointer.add_recoverable("pseudo_labels", self.state)
 
     def init_teacher_from_student(self) -> None:
@@ -91,7 +140,10 @@ class SSRLBrain(SSLBrainBase):
         # pruning is part of the checkpointed state: both classifiers follow it
         self._sync_pruning()
         fix_steps = int(h.fixed_label_epochs) * self.steps_per_epoch
-        self.lr_schedule = TwoSegmentCosine(fix_steps, self.total_steps, h.lr_fix_start, h.lr_fix_end, h.lr_start, h.lr_final)
+        warm = int(round(float(getattr(h, "update_warmup_epochs", 0.0)) * self.steps_per_epoch))
+        self.lr_schedule = TwoSegmentCosine(
+            fix_steps, self.total_steps, h.lr_fix_start, h.lr_fix_end, h.lr_start, h.lr_final, upd_warmup_steps=warm
+        )
         self.momentum = LinearMomentum(h.ema_start, h.ema_end, self.total_steps)
         if self.epoch == 0:
             self.log_start()
@@ -127,6 +179,11 @@ class SSRLBrain(SSLBrainBase):
     def in_update_phase(self, epoch: int) -> bool:
         return epoch > int(self.hparams.fixed_label_epochs)
 
+    def teacher_uses_vote(self, epoch: int) -> bool:
+        """The teacher's loss target is the queue vote from the last label-fixed epoch on: at its end the
+        first update gives the student that vote (the release's rule); before, ŷ itself."""
+        return bool(self.hparams.update_labels) and epoch >= int(self.hparams.fixed_label_epochs)
+
     def updates_labels_after(self, epoch: int) -> bool:
         """Labels are replaced by the queue votes at the end of epoch E_fix, then every ``label_update_every``."""
         e_fix = int(self.hparams.fixed_label_epochs)
@@ -144,7 +201,7 @@ class SSRLBrain(SSLBrainBase):
         teacher_out = None
         if self.teacher_labelling(self.epoch):
             t_wav, _ = batch.teacher_view
-            self.teacher.train(self.hparams.teacher_bn == "train")
+            self.teacher.train(self.hparams.teacher_bn == "train")  # eval / recal: running statistics
             with torch.no_grad():
                 t_emb = self.embed(self.teacher, t_wav).float()
                 teacher_out = t_emb
@@ -160,10 +217,12 @@ class SSRLBrain(SSLBrainBase):
         h = self.hparams
         if t_emb is not None:
             with torch.no_grad():
-                y_hat, cos = h.teacher_classifier.nearest(t_emb)
-                y_t = self.state.teacher_targets(idx, y_hat, use_queue=self.in_update_phase(self.epoch))
+                cos = h.teacher_classifier.mask(h.teacher_classifier.cosine(t_emb))
+                y_hat = rule_assign(cos, self.state.targets(idx), self.relabel_cfg)
+                y_t = self.state.teacher_targets(idx, y_hat, use_queue=self.teacher_uses_vote(self.epoch))
                 lam = h.teacher_classifier.teacher_loss(cos, y_t, margin=float(getattr(h, "teacher_margin", 0.0)))
-            self.state.record(idx, y_hat, lam)
+            # relabelling at the epoch end recomputes ŷ and λ from the embeddings kept here
+            self.state.record(idx, y_hat, lam, embeddings=t_emb if self.relabel_cfg.at_epoch_end else None)
         y = self.state.targets(idx)
         per_sample = self.modules.classifier(s_emb, y, reduction="none")
         w = self.state.weights(idx)
@@ -181,7 +240,7 @@ class SSRLBrain(SSLBrainBase):
         super()._save_intra_epoch_ckpt()
 
     def _buffer_mode(self) -> str:
-        return "none" if self.hparams.teacher_bn == "train" else "ema"
+        return "ema" if self.hparams.teacher_bn == "eval" else "none"
 
     def _teacher_modules(self):
         return torch.nn.ModuleDict({"encoder": self.teacher, "classifier": self.hparams.teacher_classifier})
@@ -193,25 +252,86 @@ class SSRLBrain(SSLBrainBase):
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.hparams.crop_sampler.set_epoch(epoch)
+            if self.hparams.teacher_bn == "recal" and self.teacher_labelling(int(epoch)):
+                self.recalibrate_teacher_bn()
+
+    def recalibrate_teacher_bn(self) -> None:
+        """Teacher BatchNorm statistics ← clean training crops (``bn_recal_batches`` batches), as for y0's
+        model; the same crops on every rank (seeded), so DDP teachers stay identical."""
+        n = int(getattr(self.hparams, "bn_recal_batches", 0) or 0) or 20
+        self.teacher.to(self.device)
+        with torch.no_grad():
+            recalibrate_bn(self.teacher, lambda x: self.embed(self.teacher, x), self.clean_batches(n))
+        self.teacher.eval()
 
     def epoch_stats(self) -> Dict[str, float]:
         epoch = self.epoch
         labelling = self.teacher_labelling(epoch)
         update = self.updates_labels_after(epoch)
-        st = self.state.end_epoch(update_labels=update, prune=bool(self.hparams.prune_clusters)) if labelling else None
         stats: Dict[str, float] = {"momentum": float(self.momentum(self.optimizer_step)), "steps": int(self.optimizer_step)}
-        if st is not None:
-            newly = st.pop("newly_pruned")
+        if labelling:
+            protos = self.hparams.teacher_classifier.weight.detach().clone()  # before this update (diagnostics)
+            records = self.relabel_at_epoch_end(epoch) if self.relabel_cfg.at_epoch_end else None
+            st = self.state.end_epoch(update_labels=update, prune=bool(self.hparams.prune_clusters), records=records)
+            newly, previous = st.pop("newly_pruned"), st.pop("previous_labels")
             if newly.numel():
+                stats.update(pruning_report(previous, self.state.labels, newly, protos))
                 for clf in (self.hparams.classifier, self.hparams.teacher_classifier):
                     clf.prune(newly.to(clf.active.device))
             stats.update(st)
         else:
             stats["n_clusters"] = int(torch.unique(self.state.labels).numel())
         stats["phase"] = "update" if self.in_update_phase(epoch) else "fixed"
-        if self.true_labels is not None:
-            stats.update(self.state.diagnostics(self.true_labels))
+        stats.update(self.label_diagnostics())
         return stats
+
+    def label_diagnostics(self) -> Dict[str, float]:
+        """Cluster sizes; with true speaker ids, label quality and ``label_merges.csv`` (rewritten every epoch)."""
+        from speechbrain.utils.distributed import if_main_process
+
+        out: Dict[str, float] = dict(cluster_size_stats(self.state.labels))
+        if self.true_labels is None:
+            return out
+        out.update(self.state.diagnostics(self.true_labels))
+        if self.speaker_names is None:  # the ids of train.py's true_speaker_ids: sorted spk_id of the CSV
+            from speechbrain_ssrl.data.views import read_csv_rows
+
+            rows = read_csv_rows(self.hparams.train_annotation)
+            self.speaker_names = sorted({r["spk_id"] for r in rows if r.get("spk_id")})
+        names = self.speaker_names
+        if len(names) <= int(self.true_labels.max()):
+            names = [str(i) for i in range(int(self.true_labels.max()) + 1)]
+        rows = label_merges(self.state.labels, self.true_labels, names, read_persons(getattr(self.hparams, "data_folder", None)))
+        path = os.path.join(self.hparams.output_folder, "label_merges.csv")
+        summary = write_label_merges(path, rows) if if_main_process() else {}
+        out.update(summary)
+        return out
+
+    @torch.no_grad()
+    def relabel_at_epoch_end(self, epoch: int) -> Dict[str, torch.Tensor]:
+        """ŷ and λ of the epoch from the recorded teacher embeddings (``online_clustering.relabel``); with
+        re-estimated prototypes, both classifiers' rows take them (active clusters only)."""
+        h = self.hparams
+        rec = self.state.take_epoch_records()
+        idx, emb = rec["idx"], rec["emb"]
+        if idx.numel() == 0 or emb.shape[1] == 0:
+            return rec
+        tc = h.teacher_classifier
+        dev = tc.weight.device
+        active = tc.active.detach().clone()
+        current = self.state.labels[idx]
+        y_hat, protos = relabel(emb.to(dev), current.to(dev), tc.weight.detach(), active, self.relabel_cfg)
+        if protos is not None:
+            for clf in (h.classifier, tc):  # new directions, each row keeping its norm (AAM normalises anyway)
+                w, act = clf.weight.data, active.to(clf.weight.device)
+                w[act] = protos.to(w)[act] * w[act].norm(dim=1, keepdim=True)
+        y_t = self.state.teacher_targets(idx.to(dev), y_hat, use_queue=self.teacher_uses_vote(epoch))
+        margin = float(getattr(h, "teacher_margin", 0.0))
+        lam = torch.cat([
+            tc.teacher_loss(tc.mask(tc.cosine(emb[sl].to(dev))), y_t[sl], margin=margin)
+            for sl in (slice(s, s + CHUNK) for s in range(0, idx.numel(), CHUNK))
+        ])
+        return {"idx": idx, "hat": y_hat.cpu(), "loss": lam.float().cpu(), "emb": emb}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:

@@ -44,3 +44,36 @@ def test_ssrl_refuses_missing_dino_teacher(minivox_ci, tmp_path):
     proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}",
                       f"--dino_folder={tmp_path}", f"--output_folder={tmp_path / 'o'}", *TINY_ECAPA, check=False)
     assert proc.returncode != 0 and "no usable teacher" in proc.stdout + proc.stderr
+
+
+def test_ssrl_epoch_end_relabelling_and_diagnostics(minivox_ci, dino_ci, tmp_path):
+    """Prototype re-estimation (means + Lloyd steps), teacher BN re-estimated on clean crops and an lr warm-up:
+    the run trains, relabels and writes every diagnostic column and label_merges.csv."""
+    out = str(tmp_path / "ssrl_km")
+    args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
+            "--fixed_label_epochs=3", "--lr_fix_start=0.01", "--lr_fix_end=0.001", "--lr_start=0.01",
+            "--ema_start=0.5", "--ema_end=0.9", "--relabel_prototypes=kmeans", "--relabel_kmeans_iterations=2",
+            "--teacher_bn=recal", "--update_warmup_epochs=0.5", "--validate_every=0", *TINY_ECAPA]
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
+    rows = history(out)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3", "4"]
+    for key in ("hat_nmi", "hat_purity", "size_min", "size_median", "size_max", "clean_precision", "clean_recall",
+                "max_speakers_per_home", "hat_changed"):
+        assert rows[-1][key] != "", key
+    assert rows[3]["phase"] == "fixed" and rows[4]["phase"] == "update"
+    assert max(float(r["hat_changed"]) for r in rows[1:]) > 0.0  # the re-estimated prototypes relabel
+    with open(os.path.join(out, "label_merges.csv")) as f:
+        assert f.readline().startswith("cluster,n_speakers,same_person_pairs,different_person_pairs,speakers")
+
+
+def test_ssrl_sinkhorn_and_release_teacher_rule(minivox_ci, dino_ci, tmp_path):
+    out = str(tmp_path / "ssrl_sk")
+    args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
+            "--fixed_label_epochs=1", "--queue_length=1", "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5",
+            "--ema_end=0.9", "--relabel_assignment=sinkhorn", "--teacher_rule=margin_at_label",
+            "--relabel_min_margin=0.01", "--validate_every=0", *TINY_ECAPA]
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=2")
+    rows = history(out)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert all(math.isfinite(float(r["loss"])) for r in rows[1:])
+    assert rows[-1]["hat_nmi"] != ""

@@ -24,6 +24,18 @@ every train.py run whose yaml has the key (e.g. a toy model: ``--channels=[32,32
 ``--extra_dino`` / ``--extra_iterative`` / ``--extra_ssrl key=value ...`` to one stage only (e.g.
 ``--extra_iterative lr_start=5e-4`` tunes the baseline alone). ``--plan_only`` prints the plan.
 
+Systems (``--systems``, default: the baseline and the four SSRL rows above): ``--variant NAME=OVERRIDES``
+adds an SSRL row with its own train.py overrides (a candidate setting, e.g.
+``--variant "ssrl_kmeans=--relabel_prototypes=kmeans --relabel_kmeans_iterations=3"``); ``--supervised``
+adds the *supervised ceiling*: the same SSRL model and step budget trained on the true speaker labels
+(fixed, no noisy-label weighting), i.e. what labels would give.
+
+Label-correction bench (a DIAGNOSTIC mode, named so in every table): ``--start oracle`` starts every
+system from the true speaker labels (``--oracle_split speaker``: K0 = the number of speakers;
+``session``: one cluster per speaker session) with ``--oracle_noise`` of the utterances given a random
+label (``speechbrain_ssrl.oracle_start``), instead of the k-means of the DINO teacher; a loop that
+reflects removes that noise.
+
 Budget accounting (the same for every system): the cost of a system is the number of optimiser
 steps of its training after DINO (DINO's are shared by all and reported once), with the same batch
 size on the same corpus, plus its measured wall time (training epochs + k-means clusterings, each
@@ -43,6 +55,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import filecmp
 import json
 import os
 import re
@@ -234,11 +247,12 @@ class Plan:
                             minutes=minutes("dino", self.dino_epochs, n_valid(self.dino_epochs) * valid + test_eval)))
         # a round: clustering + training + one validation (the minivox yaml validates the round's last epoch only)
         total = self.epochs_per_round * self.rounds
-        out.append(dict(system=f"iterative baseline ({self.rounds} rounds x {self.epochs_per_round} epochs)",
-                        epochs=total, steps=spe["iterative"] * total,
-                        minutes=minutes("iterative", total, self.rounds * (clustering + valid + test_eval))))
-        for i, (name, label, _) in enumerate(SSRL_VARIANTS):  # SSRL also validates its start (epoch 0)
-            out.append(dict(system=label, epochs=self.ssrl_epochs, steps=spe["ssrl"] * self.ssrl_epochs,
+        if "iterative" in self.a.systems:
+            out.append(dict(system=f"iterative baseline ({self.rounds} rounds x {self.epochs_per_round} epochs)",
+                            epochs=total, steps=spe["iterative"] * total,
+                            minutes=minutes("iterative", total, self.rounds * (clustering + valid + test_eval))))
+        for i, (name, label, _) in enumerate(self.a.variants):  # SSRL also validates its start (epoch 0)
+            out.append(dict(system=label[:46], epochs=self.ssrl_epochs, steps=spe["ssrl"] * self.ssrl_epochs,
                             minutes=minutes("ssrl", self.ssrl_epochs, (1 + n_valid(self.ssrl_epochs)) * valid + test_eval)))
         return out
 
@@ -323,6 +337,38 @@ def recluster(model_folder: str, out_dir: str, train_csv: str, k: int, max_secon
     return report
 
 
+def oracle_start_file(dino: str, train_rows: List[Dict[str, str]], out_dir: str, noise: float, split: str,
+                      max_seconds: Optional[float], device: str, log: str):
+    """The label-correction bench's start (``speechbrain_ssrl.oracle_start``): true labels, ``noise`` of them
+    randomised, centroids = mean DINO embeddings; cached in ``out_dir`` with a stamp. Returns (path, K0, info)."""
+    import torch
+
+    from speechbrain_ssrl.embeddings import extract_embeddings
+    from speechbrain_ssrl.export import load_embed_fn
+    from speechbrain_ssrl.initial_clustering import FILENAME
+    from speechbrain_ssrl.oracle_start import oracle_labels, save_oracle_start, session_of
+
+    if not all(r.get("spk_id") for r in train_rows):
+        raise SystemExit("--start oracle / --supervised need the speaker ids of the training CSV (spk_id column)")
+    labels, k, info = oracle_labels([r["spk_id"] for r in train_rows], [session_of(r["wav"]) for r in train_rows],
+                                    noise, split, seed=0)
+    path = os.path.join(out_dir, FILENAME)
+    ckpt = os.path.join(dino, "pretrained", "embedding_model.ckpt")
+    stamp = {"model": file_stamp(ckpt), "info": info, "max_seconds": max_seconds, "n": len(train_rows)}
+    if stamp_matches(os.path.join(out_dir, "stamp.json"), stamp) and os.path.exists(path):
+        return path, k, info
+    log_line(f"diagnostic start: true labels ({split}), {noise:.0%} randomised, K0 = {k}: embedding with the DINO "
+             "teacher for the centroids", log)
+    os.makedirs(out_dir, exist_ok=True)
+    fn, _ = load_embed_fn(os.path.join(dino, "pretrained"), device=device, savedir=os.path.join(out_dir, "model"))
+    with torch.no_grad():
+        emb = extract_embeddings(fn, [r["wav"] for r in train_rows], max_seconds=max_seconds, device=device,
+                                 progress=False)
+    save_oracle_start(path, [r["ID"] for r in train_rows], labels, emb, k, info)
+    write_json(os.path.join(out_dir, "stamp.json"), {"stamp": stamp})
+    return path, k, info
+
+
 def read_scores(path: str):
     """``scores_<list>.txt`` (``enrol test label score`` per line) → speakers, labels, scores."""
     from speechbrain_ssrl.scoring import speaker_of
@@ -384,7 +430,7 @@ def make_plots(res: Dict, out: str) -> Dict[str, str]:
     pdir = os.path.join(out, "plots")
     os.makedirs(pdir, exist_ok=True)
     systems = res["systems"]
-    ssrl_names = [n for n, _, _ in SSRL_VARIANTS if n in systems]
+    ssrl_names = [n for n in res.get("variants", [v[0] for v in SSRL_VARIANTS]) if n in systems]
     n_true = res["corpus"].get("train_speakers")
     files = {}
 
@@ -439,7 +485,8 @@ def make_plots(res: Dict, out: str) -> Dict[str, str]:
         xs = [s["cost"][key] for s in it]
         ys = [s["test"]["eer"] for s in it]
         es = [s["test"].get("eer_se") or 0 for s in it]
-        ax.errorbar(xs, ys, yerr=es, marker="s", color="C7", capsize=3, label="iterative baseline, rounds 1..R")
+        if it:
+            ax.errorbar(xs, ys, yerr=es, marker="s", color="C7", capsize=3, label="iterative baseline, rounds 1..R")
         for s, x, y in zip(it, xs, ys):
             ax.annotate(f"r{s['round']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if "dino" in systems:
@@ -489,6 +536,7 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
         f"- corpus: {res['corpus']['n_train']} training utterances (true speakers: {res['corpus'].get('train_speakers', '?')}, "
         f"used for NMI / purity only), test list `{res['test_list']}` with {res['test_n_trials']} trials "
         f"of {res['test_speakers']} speakers",
+        f"- start of every system: {res.get('start', 'k-means of the DINO teacher')}",
         f"- cost accounting: {res['budget']}",
         "",
         f"{heading}# Test trials: EER and minDCF; pseudo-label quality; cost",
@@ -518,9 +566,9 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
         "baseline rounds cumulative; wall = training epochs + clusterings (embedding all training utterances + k-means), "
         "validation excluded.",
         "",
-        f"{heading}# Paired EER differences against SSRL (same trials)",
+        f"{heading}# Paired EER differences against {systems[res.get('reference', 'ssrl')]['label']} (same trials)",
         "",
-        "| System | EER(system) − EER(SSRL), points | SE | holds (\\|diff\\| > 2 SE) |",
+        "| System | EER(system) − EER(reference), points | SE | holds (\\|diff\\| > 2 SE) |",
         "|---|---|---|---|",
     ]
     for name in res["order"]:
@@ -529,11 +577,11 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
             continue
         verdict = "no (within 2 SE)"
         if d["holds"]:
-            verdict = "yes: SSRL better" if d["diff"] > 0 else "yes: SSRL worse"
+            verdict = "yes: reference better" if d["diff"] > 0 else "yes: reference worse"
         lines.append(f"| {systems[name]['label']} | {d['diff']:+.2f} | {d['se']:.2f} | {verdict} |")
     lines += [
         "",
-        "Positive = SSRL has the lower EER. The standard error of a difference is the jackknife over test "
+        "Positive = the reference has the lower EER. The standard error of a difference is the jackknife over test "
         "speakers of the paired difference (each left-out speaker removes all its trials from both systems).",
         "",
         f"{heading}# Plots",
@@ -599,6 +647,21 @@ def parse_args(argv=None):
     for stage in ("dino", "iterative", "ssrl"):
         ap.add_argument(f"--extra_{stage}", nargs="*", default=[],
                         help=f"key=value overrides for the {stage} run(s) only (e.g. --extra_iterative lr_start=5e-4)")
+    sy = ap.add_argument_group("systems")
+    sy.add_argument("--systems", default=None,
+                    help="comma-separated systems to run: iterative, ssrl, ssrl_no_noisy, ssrl_no_queue, ssrl_no_prune, "
+                    "supervised and the NAMEs of --variant (default: iterative and the four SSRL rows, plus "
+                    "supervised and every --variant when given)")
+    sy.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                    help="an extra SSRL row: NAME=--key=value[ --key=value ...] (repeatable)")
+    sy.add_argument("--supervised", action="store_true",
+                    help="add the supervised ceiling: SSRL's model and steps on the true speaker labels, fixed")
+    st = ap.add_argument_group("start (label-correction bench, a diagnostic mode)")
+    st.add_argument("--start", choices=("kmeans", "oracle"), default="kmeans",
+                    help="kmeans: the k-means of the DINO teacher (the method); oracle: true labels, partly randomised")
+    st.add_argument("--oracle_noise", type=float, default=0.3, help="fraction of utterances given a random label")
+    st.add_argument("--oracle_split", choices=("speaker", "session"), default="speaker",
+                    help="speaker: one cluster per speaker; session: one per speaker session (a learnable split)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS, else min(2, cores))")
     ap.add_argument("--recluster", choices=("auto", "on", "off"), default="auto",
                     help="also k-means the training set with every final model (NMI/purity 're-clustered'); "
@@ -620,6 +683,27 @@ def parse_args(argv=None):
     a.stage_extra = {k: dashed(getattr(a, f"extra_{k}")) for k in ("dino", "iterative", "ssrl")}
     if a.validate_every is None and a.config == "minivox":
         a.validate_every = 2
+    a.variants = list(SSRL_VARIANTS)
+    for v in a.variant:
+        name, sep, ov = v.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in [n for n, _, _ in a.variants]:
+            ap.error(f"--variant {v!r}: write NAME=--key=value ... with a new NAME of letters, digits and _")
+        args = shlex.split(ov)
+        if not args or any(not (x.startswith("--") and "=" in x) for x in args):
+            ap.error(f"--variant {v!r}: overrides are written --key=value")
+        a.variants.append((name, f"SSRL {name} ({' '.join(x[2:] for x in args)})", args))
+    known = ["iterative", "supervised"] + [n for n, _, _ in a.variants]
+    if a.systems is None:
+        a.systems = ["iterative"] + [n for n, _, _ in a.variants] + (["supervised"] if a.supervised else [])
+    else:
+        a.systems = [x.strip() for x in a.systems.split(",") if x.strip()]
+        bad = [x for x in a.systems if x not in known]
+        if bad:
+            ap.error(f"--systems: unknown {', '.join(bad)} (known: {', '.join(known)})")
+    a.variants = [v for v in a.variants if v[0] in a.systems]
+    if "supervised" in a.systems:
+        a.variants.append(("supervised", "Supervised ceiling (true speaker labels, fixed; same steps)",
+                           ["--update_labels=False", "--noisy_label_model=False"]))
     return a
 
 
@@ -703,11 +787,40 @@ def main(argv=None):  # noqa: C901 (one linear script)
         dino = os.path.join(out, "dino")
         train("dino", plan.yaml["dino"], dino, [f"--number_of_epochs={plan.dino_epochs}", *val], exported(dino))
 
+    # 1b. the start: k-means of the DINO teacher (train.py computes it), or the bench's diagnostic start
+    cap = yaml_value(plan.yaml["ssrl"], "cluster_max_seconds", plan.ov["ssrl"])
+    cap = None if cap in (None, "null", "None") else float(cap)
+    starts: Dict[str, tuple] = {}  # system -> (initial clustering file, K0)
+    start_desc = f"k-means (K0 = {yaml_value(plan.yaml['ssrl'], 'K0', plan.ov['ssrl'])}) of the DINO teacher's embeddings"
+    if a.start == "oracle":
+        f, k, info = oracle_start_file(dino, train_rows, os.path.join(out, "oracle_start"), a.oracle_noise, a.oracle_split,
+                                       cap, device, log)
+        starts = {n: (f, k) for n in ["iterative"] + [v[0] for v in a.variants]}
+        start_desc = (f"DIAGNOSTIC start (label-correction bench): the true speaker labels "
+                      f"({'one cluster per speaker' if a.oracle_split == 'speaker' else 'one cluster per speaker session'}, "
+                      f"K0 = {k}) with {a.oracle_noise:.0%} of the utterances given a random label "
+                      f"({info['n_changed']} of {len(train_rows)} changed); centroids = mean DINO embeddings")
+    if "supervised" in a.systems:
+        f, k, _ = oracle_start_file(dino, train_rows, os.path.join(out, "supervised_start"), 0.0, "speaker", cap, device, log)
+        starts["supervised"] = (f, k)
+
+    def place_start(system: str, target: str) -> List[str]:
+        """Copies the system's diagnostic start into its clustering folder; the K0 override it needs."""
+        if system not in starts:
+            return []
+        src, k = starts[system]
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not (os.path.exists(target) and filecmp.cmp(src, target, shallow=False)):
+            shutil.copy2(src, target)
+        return [f"--K0={k}"]
+
     # 2. the iterative baseline
     it = os.path.join(out, "iterative")
-    train("iterative", plan.yaml["iterative"], it,
-          [f"--dino_folder={dino}", f"--rounds={plan.rounds}", f"--epochs_per_round={plan.epochs_per_round}"],
-          lambda: completed_rounds(it) >= plan.rounds and exported(it)())
+    if "iterative" in a.systems:
+        k_args = place_start("iterative", os.path.join(round_folder(it, 1), "initial_clustering.pt"))
+        train("iterative", plan.yaml["iterative"], it,
+              [f"--dino_folder={dino}", f"--rounds={plan.rounds}", f"--epochs_per_round={plan.epochs_per_round}", *k_args],
+              lambda: completed_rounds(it) >= plan.rounds and exported(it)())
 
     # 3. SSRL and its ablations (their y0 = the baseline's round-1 k-means when the settings match)
     keys = ("K0", "cluster_max_seconds", "kmeans_iterations", "kmeans_init", "seed", "bn_recal_batches",
@@ -717,33 +830,33 @@ def main(argv=None):  # noqa: C901 (one linear script)
                           for k in keys)
     y0 = os.path.join(round_folder(it, 1), "initial_clustering.pt")
     notes = []
-    for name, label, args in SSRL_VARIANTS:
+    for name, label, args in a.variants:
         folder = os.path.join(out, name)
         target = os.path.join(folder, "initial_clustering", "initial_clustering.pt")
-        if same_clustering and os.path.exists(y0) and not os.path.exists(target):
+        k_args = place_start(name, target)
+        if not k_args and same_clustering and os.path.exists(y0) and not os.path.exists(target):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy2(y0, target)
             log_line(f"{name}: initial clustering copied from the baseline's round 1 ({os.path.relpath(y0)})", log)
-        train(name, plan.yaml["ssrl"], folder, [f"--dino_folder={dino}", f"--number_of_epochs={plan.ssrl_epochs}", *val, *args],
-              exported(folder))
-    if same_clustering:
+        train(name, plan.yaml["ssrl"], folder,
+              [f"--dino_folder={dino}", f"--number_of_epochs={plan.ssrl_epochs}", *val, *args, *k_args], exported(folder))
+    if same_clustering and "iterative" in a.systems and a.start == "kmeans":
         notes.append("SSRL's initial labels y0 and the baseline's round-1 labels are one k-means of the DINO teacher's "
                      "embeddings (computed once; its cost is counted in every system).")
 
     # 4. evaluation on the test trials
     eval_dir = os.path.join(out, "eval")
     models = {"dino": dino}
-    for r in range(1, plan.rounds + 1):
-        models[f"iterative_r{r}"] = round_folder(it, r)
-    for name, _, _ in SSRL_VARIANTS:
+    if "iterative" in a.systems:
+        for r in range(1, plan.rounds + 1):
+            models[f"iterative_r{r}"] = round_folder(it, r)
+    for name, _, _ in a.variants:
         models[name] = os.path.join(out, name)
     tests = {n: evaluate(f, os.path.join(eval_dir, n), trials, data, device, log) for n, f in models.items()}
     # 4b. what labels each final model's embeddings would give: a fresh k-means with SSRL's K0
     do_recluster = a.recluster == "on" or (a.recluster == "auto" and a.config == "minivox")
     do_recluster = do_recluster and any(r.get("spk_id") for r in train_rows)
-    k_re = int(float(yaml_value(plan.yaml["ssrl"], "K0", plan.ov["ssrl"])))
-    cap = yaml_value(plan.yaml["ssrl"], "cluster_max_seconds", plan.ov["ssrl"])
-    cap = None if cap in (None, "null", "None") else float(cap)
+    k_re = int(starts["ssrl"][1]) if "ssrl" in starts else int(float(yaml_value(plan.yaml["ssrl"], "K0", plan.ov["ssrl"])))
     reclustered = {n: recluster(f, os.path.join(eval_dir, n, "recluster"), train_csv, k_re, cap, device, log)
                    for n, f in models.items()} if do_recluster else {}
     list_names = list(next(iter(tests.values())).keys())
@@ -751,7 +864,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
 
     # 5. collect
     rounds = []
-    for r in read_history(it):
+    for r in (read_history(it) if "iterative" in a.systems else []):
         rounds.append({k: (int(float(v)) if k in ("round", "epochs", "steps", "total_steps", "n_clusters", "k") else num(v))
                        for k, v in r.items() if v != ""})
     systems: Dict[str, Dict] = {}
@@ -770,7 +883,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
                      "epochs": sum(q["epochs"] for q in rounds if q["round"] <= rr)},
             "history": read_history(round_folder(it, rr)),
         }
-    for name, label, args in SSRL_VARIANTS:
+    for name, label, args in a.variants:
         folder = os.path.join(out, name)
         hist = read_history(folder)
         last = hist[-1] if hist else {}
@@ -783,11 +896,12 @@ def main(argv=None):  # noqa: C901 (one linear script)
         systems[n]["test"] = tests[n][main_list]
         systems[n]["test_all_lists"] = tests[n]
         systems[n]["reclustered"] = reclustered.get(n)
-    order = ["dino"] + [f"iterative_r{r['round']}" for r in rounds] + [n for n, _, _ in SSRL_VARIANTS]
+    order = ["dino"] + [f"iterative_r{r['round']}" for r in rounds] + [n for n, _, _ in a.variants]
     paired = {}
-    ref = os.path.join(eval_dir, "ssrl", f"scores_{main_list}.txt")
+    reference = "ssrl" if "ssrl" in systems else a.variants[0][0]
+    ref = os.path.join(eval_dir, reference, f"scores_{main_list}.txt")
     for n in order:
-        if n == "ssrl":
+        if n == reference:
             continue
         d, se = paired_difference(os.path.join(eval_dir, n, f"scores_{main_list}.txt"), ref)
         paired[n] = {"diff": d, "se": se, "holds": bool(np.isfinite(se) and abs(d) > 2 * se)}
@@ -818,6 +932,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
         "test_n_trials": len(main_trials),
         "test_speakers": len({speaker_of(t.enrol) for t in main_trials} | {speaker_of(t.test) for t in main_trials}),
         "systems": systems, "order": order, "iterative_rounds": rounds, "paired_vs_ssrl": paired,
+        "reference": reference, "variants": [n for n, _, _ in a.variants], "start": start_desc,
         "timings_this_invocation_seconds": timings, "notes": notes,
     }
     plots = make_plots(res, out)

@@ -1,0 +1,106 @@
+"""Online clustering alternatives: prototype re-estimation, Lloyd steps, Sinkhorn, confidence gate, teacher rule."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speechbrain_ssrl import online_clustering as oc
+from speechbrain_ssrl.schedules import TwoSegmentCosine
+
+
+def blobs(n_per=50, k=4, d=8, spread=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(k, d, generator=g), dim=1)
+    x = centres.repeat_interleave(n_per, 0) + spread * torch.randn(k * n_per, d, generator=g)
+    return F.normalize(x, dim=1), torch.arange(k).repeat_interleave(n_per), centres
+
+
+def test_cluster_means_are_normalised_means_and_empty_clusters_keep_their_row():
+    x, y, c = blobs()
+    old = torch.randn(5, 8)
+    m = oc.cluster_means(x, y, old)
+    assert torch.allclose(m[:4], F.normalize(torch.stack([x[y == k].mean(0) for k in range(4)]), dim=1), atol=1e-6)
+    assert torch.allclose(m[4], F.normalize(old[4], dim=0))
+
+
+def test_lloyd_steps_correct_noisy_labels_and_keep_pruned_clusters_dead():
+    x, y, c = blobs()
+    noisy = y.clone()
+    g = torch.Generator().manual_seed(1)
+    flip = torch.rand(y.numel(), generator=g) < 0.3
+    noisy[flip] = torch.randint(0, 4, (int(flip.sum()),), generator=g)
+    active = torch.tensor([True, True, True, True, False])
+    protos0 = torch.cat([c, c[:1]])  # the pruned 5th row sits on top of cluster 0
+    protos, lab = oc.spherical_lloyd(x, noisy, protos0, active, n_iter=3)
+    assert torch.equal(lab, y)  # well-separated blobs: every flipped label corrected
+    assert not (lab == 4).any()
+    # 0 iterations: only the means, labels unchanged
+    _, lab0 = oc.spherical_lloyd(x, noisy, protos0, active, n_iter=0)
+    assert torch.equal(lab0, noisy)
+
+
+def test_relabel_with_mean_prototypes_follows_the_representation():
+    x, y, c = blobs()
+    stale = F.normalize(c + 0.8 * torch.randn(4, 8, generator=torch.Generator().manual_seed(3)), dim=1)
+    active = torch.ones(4, dtype=torch.bool)
+    y_cls, p_cls = oc.relabel(x, y, stale, active, oc.RelabelConfig())
+    assert p_cls is None
+    y_mean, p_mean = oc.relabel(x, y, stale, active, oc.RelabelConfig(prototypes="mean"))
+    assert torch.equal(y_mean, y) and p_mean.shape == (4, 8)
+    assert (y_cls == y).float().mean() <= (y_mean == y).float().mean()
+
+
+def test_sinkhorn_balances_a_hub_prototype():
+    # every row is nearest to prototype 0 (a hub); Sinkhorn spreads the rows over all active clusters
+    g = torch.Generator().manual_seed(0)
+    protos = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    x = F.normalize(protos[0] + 0.3 * torch.randn(400, 8, generator=g) + 0.2 * protos[1:].repeat(134, 1)[:400], dim=1)
+    active = torch.tensor([True, True, True, False])
+    near = oc.nearest_assign(x, protos, active)
+    sk = oc.sinkhorn_assign(x, protos, active, epsilon=0.05, n_iter=10)
+    assert torch.bincount(near, minlength=4)[0] > 300
+    counts = torch.bincount(sk, minlength=4)
+    assert counts[3] == 0 and counts[:3].min() > 80  # about 400 / 3 each, none to the pruned cluster
+
+
+def test_sinkhorn_chunked_equals_whole(monkeypatch):
+    x, y, c = blobs(n_per=30)
+    active = torch.ones(4, dtype=torch.bool)
+    whole = oc.sinkhorn_assign(x, c, active)
+    monkeypatch.setattr(oc, "CHUNK", 7)
+    assert torch.equal(oc.sinkhorn_assign(x, c, active), whole)
+
+
+def test_confidence_gate_keeps_the_label_unless_the_new_one_wins_by_the_margin():
+    cos = torch.tensor([[0.50, 0.55, 0.1], [0.2, 0.9, 0.1], [float("-inf"), 0.3, 0.2]])
+    current = torch.tensor([0, 0, 0])
+    y_hat = cos.argmax(1)
+    assert oc.gate_by_margin(cos, current, y_hat, 0.1).tolist() == [0, 1, 1]  # row 2: current label pruned
+    assert torch.equal(oc.gate_by_margin(cos, current, y_hat, 0.0), y_hat)
+
+
+def test_margin_at_label_rule_moves_off_a_narrowly_best_label():
+    cos = torch.tensor([[0.60, 0.55, 0.1], [0.9, 0.2, 0.1]])
+    current = torch.tensor([0, 0])
+    nearest = oc.rule_assign(cos, current, oc.RelabelConfig())
+    release = oc.rule_assign(cos, current, oc.RelabelConfig(teacher_rule="margin_at_label", label_margin=0.2))
+    assert nearest.tolist() == [0, 0] and release.tolist() == [1, 0]
+
+
+def test_config_refuses_unknown_values():
+    with pytest.raises(ValueError, match="relabel_prototypes"):
+        oc.RelabelConfig(prototypes="centroid")
+    with pytest.raises(ValueError, match="teacher_rule"):
+        oc.RelabelConfig(teacher_rule="x")
+    assert oc.RelabelConfig(assignment="sinkhorn").at_epoch_end and not oc.RelabelConfig().at_epoch_end
+
+
+def test_update_phase_warmup_ramps_from_the_fixed_phase_end():
+    s = TwoSegmentCosine(10, 30, 1e-3, 1e-4, 2e-3, 1e-5, upd_warmup_steps=5)
+    assert s(9) == pytest.approx(1e-4, rel=0.3)
+    ramp = [s(10 + i) for i in range(5)]
+    assert all(a < b for a, b in zip(ramp, ramp[1:])) and ramp[-1] == pytest.approx(2e-3)
+    assert s(29) < s(15)
+    # without warm-up: the old schedule, unchanged
+    s0 = TwoSegmentCosine(10, 30, 1e-3, 1e-4, 2e-3, 1e-5)
+    assert s0(10) == pytest.approx(2e-3)
