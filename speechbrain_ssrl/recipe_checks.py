@@ -28,9 +28,9 @@ import json
 import logging
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
-from speechbrain_ssrl.export import RECIPE_ARCH_KEYS
+from speechbrain_ssrl.export import RECIPE_ARCH_KEYS, ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ DATA_KEYS = ("N", "train_ids_sha1")
 class RefusedError(SystemExit):
     """The recipe refuses to start; ``str(e)`` is the message (exit status 1)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(f"train.py refused to start: {message}")
+    def __init__(self, message: str, program: str = "train.py") -> None:
+        super().__init__(f"{program} refused to start: {message}")
         self.message = message
 
     def __str__(self) -> str:
@@ -111,7 +111,7 @@ def _unknown_key_message(key: str, known: Iterable[str], where: str) -> str:
     )
 
 
-def check_overrides(hparams_file: str, overrides: Union[str, Mapping, None]) -> None:
+def check_overrides(hparams_file: str, overrides: Union[str, Mapping, None], program: str = "train.py") -> None:
     """Refuses a command-line key that is not a top-level key of the yaml (hyperpyyaml 1.2.3 raises a
     bare ``KeyError: "Override 'x' not found in: [...]"`` traceback for it)."""
     with open(hparams_file, encoding="utf-8") as f:
@@ -124,23 +124,65 @@ def check_overrides(hparams_file: str, overrides: Union[str, Mapping, None]) -> 
         twice = sorted({k for k in given if given.count(k) > 1})
         if twice:
             raise RefusedError(
-                " ".join(f"--{k} is given {given.count(k)} times on the command line; keep one." for k in twice)
+                " ".join(f"--{k} is given {given.count(k)} times on the command line; keep one." for k in twice), program
             )
     unknown = _unknown_paths(_parse_overrides(overrides), tree)
     if unknown:
+        raise RefusedError(" ".join(_unknown_key_message(k, known, hparams_file) for k, known in unknown), program)
+
+
+# ---------------------------------------------------------------------- degenerate settings
+def _int_setting(values: Mapping[str, Any], key: str) -> Optional[int]:
+    """``values[key]`` as an int when it is a plain number (a ``!ref`` or a missing key gives None)."""
+    v = values.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return int(v)
+
+
+def check_settings(values: Mapping[str, Any], program: str = "train.py") -> None:
+    """Refuses settings that cannot train: ``number_of_epochs`` < 1 (DINO: unless ``export_untrained``),
+    ``batch_size`` < 1, ``K0`` < 2. ``values``: the loaded hparams, or the yaml's plain values with the
+    command line's (before loading, which fails with a bare traceback on e.g. ``K0=-1``)."""
+    epochs, batch, k0 = (_int_setting(values, k) for k in ("number_of_epochs", "batch_size", "K0"))
+    dino = values.get("stage") == "dino"
+    if epochs is not None and epochs < 1 and not (dino and values.get("export_untrained") is True):
+        fix = (
+            "; to export the untrained encoder (a random-init yardstick) pass --export_untrained=True"
+            if dino else " (to start from the DINO teacher as it is, evaluate --dino_folder's pretrained/ instead)"
+        )
+        raise RefusedError(f"--number_of_epochs={epochs}: nothing would be trained. Fix: pass a number >= 1{fix}.", program)
+    if batch is not None and batch < 1:
+        raise RefusedError(f"--batch_size={batch}: a batch needs at least one utterance. Fix: pass --batch_size >= 1.", program)
+    if k0 is not None and not dino and k0 < 2:
         raise RefusedError(
-            " ".join(_unknown_key_message(k, known, hparams_file) for k, known in unknown)
+            f"--K0={k0}: pseudo labels need at least 2 clusters (with one, every utterance has the same label and "
+            "the loss is 0). Fix: pass --K0 of a few times the expected number of speakers.", program
         )
 
 
-def load_hparams(hparams_file: str, overrides: Union[str, Mapping, None] = None) -> Dict[str, Any]:
-    """``load_hyperpyyaml`` after ``check_overrides``; an unknown nested key is refused the same way."""
+def _plain_values(text: str, overrides: Union[str, Mapping, None]) -> Dict[str, Any]:
+    """The yaml's top-level plain values with the command line's on top (tags such as ``!ref`` left out)."""
+    out: Dict[str, Any] = {}
+    for tree in (_yaml_tree(text) or {}, _parse_overrides(overrides)):
+        for k, v in tree.items():
+            if isinstance(v, (bool, int, float, str)) or v is None:
+                out[str(k)] = v
+    return out
+
+
+def load_hparams(hparams_file: str, overrides: Union[str, Mapping, None] = None, program: str = "train.py") -> Dict[str, Any]:
+    """``load_hyperpyyaml`` after ``check_overrides`` and ``check_settings``; an unknown nested key is refused
+    the same way. Degenerate settings are checked before loading (a yaml that builds a model of K0 < 1
+    classes fails inside the load) and again on the loaded values (``!ref`` keys)."""
     from hyperpyyaml import load_hyperpyyaml
 
-    check_overrides(hparams_file, overrides)
+    check_overrides(hparams_file, overrides, program)
+    with open(hparams_file, encoding="utf-8") as fin:
+        check_settings(_plain_values(fin.read(), overrides), program)
     with open(hparams_file, encoding="utf-8") as fin:
         try:
-            return load_hyperpyyaml(fin, overrides)
+            hparams = load_hyperpyyaml(fin, overrides)
         except KeyError as e:
             m = re.match(r"Override '(.+?)' not found in: (\[.*\])", str(e.args[0]) if e.args else "")
             if not m:
@@ -149,7 +191,9 @@ def load_hparams(hparams_file: str, overrides: Union[str, Mapping, None] = None)
                 known = ast.literal_eval(m.group(2))
             except (ValueError, SyntaxError):
                 known = []
-            raise RefusedError(_unknown_key_message(m.group(1), known, hparams_file)) from None
+            raise RefusedError(_unknown_key_message(m.group(1), known, hparams_file), program) from None
+    check_settings(hparams, program)
+    return hparams
 
 
 # ---------------------------------------------------------------------- teacher of stage 1
@@ -161,11 +205,67 @@ def check_teacher(hparams: Mapping[str, Any]) -> Optional[str]:
     from speechbrain_ssrl.brains.base import load_encoder
 
     try:
-        return load_encoder(folder, copy.deepcopy(hparams["embedding_model"]))
+        path = load_encoder(folder, copy.deepcopy(hparams["embedding_model"]))
     except FileNotFoundError as e:
         raise RefusedError(str(e).strip('"')) from None
     except Exception as e:  # noqa: BLE001 - unreadable file or another architecture
         raise RefusedError(f"--dino_folder={folder}: no usable teacher: {e}") from None
+    why = untrained_teacher(path)
+    if why:
+        raise RefusedError(
+            f"--dino_folder={folder}: {why}. Fix: point --dino_folder at a DINO run that trained at least one epoch "
+            "(python train.py hparams/dino_ecapa.yaml ...)."
+        )
+    return path
+
+
+TRAINING_INFO_KEY = "training"
+
+
+def untrained_teacher(ckpt: str) -> Optional[str]:
+    """Why the teacher checkpoint ``ckpt`` (as found by ``find_encoder_checkpoint``) is not a trained DINO
+    teacher, or None: its export says ``untrained`` (``export_untrained: True``), or it belongs to a training
+    output folder whose ``history.csv`` has no trained epoch (e.g. ``number_of_epochs: 0``). A bare
+    checkpoint outside a training output folder (``embedding_model.ckpt`` alone) is taken as given."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    info_path = os.path.join(folder, "export_info.json")
+    if os.path.isfile(info_path):
+        try:
+            with open(info_path, encoding="utf-8") as f:
+                info = json.load(f).get(TRAINING_INFO_KEY) or {}
+        except (OSError, ValueError, AttributeError):
+            info = {}
+        if info.get("untrained"):
+            return f"{folder} was exported untrained (export_untrained: True, the random-init yardstick), not by DINO training"
+    if os.path.basename(folder) == "pretrained":
+        run = os.path.dirname(folder)
+    elif os.path.basename(folder).startswith("CKPT+") and os.path.basename(os.path.dirname(folder)) == "save":
+        run = os.path.dirname(os.path.dirname(folder))
+    else:
+        run = folder
+    if not any(os.path.exists(os.path.join(run, n)) for n in ("history.csv", "hyperparams.yaml", "save")):
+        return None  # not a training output folder
+    history = os.path.join(run, "history.csv")
+    if not _has_trained_epoch(history):
+        return f"{run} has no DINO training history ({history} lists no trained epoch): its encoder was never trained"
+    return None
+
+
+def _has_trained_epoch(history_csv: str) -> bool:
+    import csv
+
+    try:
+        with open(history_csv, newline="", encoding="utf-8") as f:
+            return any(_as_int(r.get("epoch")) >= 1 for r in csv.DictReader(f))
+    except OSError:
+        return False
+
+
+def _as_int(v: Any) -> int:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return -1
 
 
 # ---------------------------------------------------------------------- training data and resume
@@ -273,14 +373,37 @@ def check_before_start(hparams: Mapping[str, Any]) -> None:
     check_teacher(hparams)
 
 
-def check_training_data(hparams: Mapping[str, Any]) -> Dict[str, Any]:
-    """K0 ≤ N, and on a resume the saved ``run_settings.json`` must match; writes it at a fresh start."""
+def check_batch_size(batch_size: int, n: int, csv_path: str = "the training CSV", world_size: int = 1) -> None:
+    """A batch of ``batch_size`` per process must fit in the ``n`` utterances (the last partial batch is dropped)."""
+    per_process = int(n) // max(int(world_size), 1)
+    if int(batch_size) > per_process:
+        shared = f" shared by {world_size} processes" if world_size > 1 else ""
+        raise RefusedError(
+            f"--batch_size={batch_size} is larger than the {per_process} training utterances{shared} of {csv_path}: "
+            f"an epoch would have no batch (incomplete batches are dropped). Fix: pass --batch_size=<at most "
+            f"{per_process}> or train on more data."
+        )
+
+
+def _world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def check_training_data(hparams: Mapping[str, Any], csv_path: Optional[str] = None, write: bool = True) -> Dict[str, Any]:
+    """K0 ≤ N, batch_size ≤ N, and on a resume the saved ``run_settings.json`` must match; writes it at a
+    fresh start (``write``). ``csv_path``: the training CSV to check (default ``train_annotation``, e.g. a
+    CSV prepared into a staging folder before it replaces the run's)."""
     from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
-    csv_path = hparams["train_annotation"]
+    csv_path = csv_path or hparams["train_annotation"]
     ids = csv_ids(csv_path)
     if "K0" in hparams and hparams.get("stage") != "dino":
         check_k0(hparams["K0"], len(ids), csv_path)
+    if _int_setting(hparams, "batch_size") is not None:
+        check_batch_size(hparams["batch_size"], len(ids), csv_path, _world_size())
     now = run_settings(hparams, ids)
     save_folder = hparams["save_folder"]
     path = os.path.join(save_folder, SETTINGS_FILE)
@@ -288,6 +411,8 @@ def check_training_data(hparams: Mapping[str, Any]) -> Dict[str, Any]:
     saved = saved_settings(save_folder)
     if saved is not None:
         compare_settings(saved, now, save_folder)
+    elif not write:
+        return now
     elif if_main_process():
         if resuming:
             logger.warning("%s has checkpoints but no %s (an older run): writing it, resume not checked", save_folder, SETTINGS_FILE)
@@ -298,3 +423,23 @@ def check_training_data(hparams: Mapping[str, Any]) -> Dict[str, Any]:
         os.replace(tmp, path)
     ddp_barrier()
     return now
+
+
+# ---------------------------------------------------------------------- one line per refusal
+def run_script(main: Callable[[List[str]], Any], argv: List[str], program: str) -> Any:
+    """Runs a recipe script's ``main(argv)``: a refusal (``RefusedError``) or a problem with the inputs (a
+    missing / unreadable file or folder: ``OSError``; a malformed file or value: ``ValueError``, e.g. a
+    trial list, a bad test file; an unusable model folder: ``ExportError``) ends with one line naming it and exit status 1; ``--debug`` shows the
+    traceback instead. Other errors (bugs, a crash in training) keep their traceback."""
+    debug = "--debug" in argv
+    try:
+        return main(argv)
+    except RefusedError:
+        raise
+    except (OSError, ValueError, ExportError) as e:
+        if debug:
+            raise
+        logger.debug("%s stopped", program, exc_info=True)
+        what = "" if isinstance(e, (FileNotFoundError, ValueError)) else f"{type(e).__name__}: "
+        text = str(e).strip().strip('"') or type(e).__name__
+        raise SystemExit(f"{program} stopped: {what}{text} (--debug shows the traceback)") from None

@@ -108,7 +108,7 @@ def main():
                               "--scores", os.path.join(out, "mfcc", "scores_veri_test2.txt")], log=log)
     common = [f"--data_folder={data}", f"--device={device}", f"--precision={precision}"] + list(a.extra)
     runs = {
-        "random_init": ["hparams/minivox/dino_ecapa.yaml", "--number_of_epochs=0", "--validate_every=0"],
+        "random_init": ["hparams/minivox/dino_ecapa.yaml", "--export_untrained=True", "--number_of_epochs=0"],
         "dino": ["hparams/minivox/dino_ecapa.yaml"] + ([f"--number_of_epochs={a.dino_epochs}"] if a.dino_epochs else []),
         "ssrl": ["hparams/minivox/ssrl_ecapa.yaml", f"--dino_folder={os.path.join(out, 'dino')}"]
         + ([f"--number_of_epochs={a.ssrl_epochs}"] if a.ssrl_epochs else []),

@@ -10,7 +10,10 @@ prototype layer's gradient is dropped during the first ``freeze_last_layer_epoch
 
 from __future__ import annotations
 
-from typing import Dict
+import json
+import logging
+import os
+from typing import Dict, Optional
 
 import torch
 
@@ -20,6 +23,8 @@ from speechbrain_ssrl.brains.base import SSLBrainBase
 from speechbrain_ssrl.dino import DINOLoss
 from speechbrain_ssrl.ema import LinearMomentum, ema_update_
 from speechbrain_ssrl.schedules import WarmupCosine, cosine, set_lr
+
+logger = logging.getLogger(__name__)
 
 
 class DINOBrain(SSLBrainBase):
@@ -117,3 +122,39 @@ class DINOBrain(SSLBrainBase):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.end_of_epoch(stage_loss, epoch)
+
+    # ------------------------------------------------------------------ export
+    def export_teacher(self, folder: Optional[str] = None, untrained: bool = False) -> Optional[str]:
+        """The base export, plus what training it had in ``export_info.json`` (``"training"``): the stage
+        reading this folder (SSRL, iterative) refuses an untrained one as its teacher."""
+        out = super().export_teacher(folder)
+        if out is not None:
+            write_training_info(out, {
+                "stage": "dino", "untrained": bool(untrained),
+                "epochs_trained": 0 if untrained else int(self.hparams.epoch_counter.current),
+            })
+        return out
+
+    def export_untrained(self) -> Optional[str]:
+        """``export_untrained: True``: exports the encoder as initialised (no training; BN statistics
+        re-estimated when ``bn_recal_batches`` > 0), marked untrained: the random-init yardstick."""
+        self.init_teacher_from_student()
+        self.teacher.to(self.device)
+        logger.info("export_untrained: exporting the untrained encoder (no DINO training)")
+        return self.export_teacher(untrained=True)
+
+
+def write_training_info(folder: str, training: Dict[str, object]) -> None:
+    """Adds ``{"training": training}`` to ``folder/export_info.json`` (atomically)."""
+    from speechbrain_ssrl.recipe_checks import TRAINING_INFO_KEY
+
+    path = os.path.join(folder, "export_info.json")
+    info = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    info[TRAINING_INFO_KEY] = training
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+    os.replace(tmp, path)

@@ -8,6 +8,11 @@ Embeds every utterance named by the trial lists once (full length, batched by le
 trials by cosine similarity (and optionally AS-norm against an unlabelled cohort) and writes
 ``results.json`` ({"<list>": {"eer": %, "eer_se": %, "min_dcf_0.01", "min_dcf_0.05", "n_trials", ...}}),
 ``scores_<list>.txt`` and ``det_curve.png`` to the output folder (see hparams/verification.yaml).
+
+A test file at another sample rate is resampled and a multi-channel one averaged to mono, with a
+warning naming the files (``convert_audio: False`` refuses them instead); a file that is not audio,
+holds no sample or a NaN / inf sample is refused, naming it: no score is ever computed from wrong
+audio. Refusals end with one line (``--debug`` shows the traceback).
 """
 
 import logging
@@ -15,10 +20,11 @@ import os
 import sys
 
 import torch
-from hyperpyyaml import load_hyperpyyaml, resolve_references
+from hyperpyyaml import resolve_references
 
 import speechbrain as sb
 
+from speechbrain_ssrl import recipe_checks
 from speechbrain_ssrl.evaluation import VOXCELEB1_LISTS, evaluate_model, resolve_trial_lists
 from speechbrain_ssrl.export import resolve_model_source
 
@@ -101,8 +107,7 @@ def format_table(results) -> str:
 
 def main(argv=None):
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None else argv)
-    with open(hparams_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f, overrides)
+    hparams = recipe_checks.load_hparams(hparams_file, overrides, program="evaluate.py")  # refuses unknown keys
 
     model = os.path.abspath(os.path.expanduser(str(hparams["model"])))
     out = hparams.get("output_folder") or default_output_folder(model)
@@ -144,6 +149,7 @@ def run(hparams_file, hparams, overrides, run_opts, model, out):
         batch_seconds=float(hparams.get("batch_seconds", 240.0)),
         max_batch=int(hparams.get("max_batch", 64)),
         device=device,
+        convert_audio=bool(hparams.get("convert_audio", True)),
         p_targets=tuple(hparams.get("p_targets", (0.01, 0.05))),
         compute_se=bool(hparams.get("compute_se", True)),
         score_norm=norm,
@@ -163,4 +169,4 @@ def run(hparams_file, hparams, overrides, run_opts, model, out):
 
 
 if __name__ == "__main__":
-    main()
+    recipe_checks.run_script(main, sys.argv[1:], "evaluate.py")

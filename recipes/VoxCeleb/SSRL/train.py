@@ -14,14 +14,17 @@ Speaker labels are never used for training; the CSV's ``spk_id`` only feeds diag
 Method: Cai, Cai, Li, Li, IEEE/ACM TASLP 2025 (arXiv 2401.01473).
 """
 
+import hashlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 
 import speechbrain as sb
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from voxceleb_prepare import prepare_voxceleb  # noqa: E402
@@ -31,24 +34,63 @@ from speechbrain_ssrl.brains.base import NonFiniteLossError  # noqa: E402
 from speechbrain_ssrl.checkpoints import CheckpointSaveError  # noqa: E402
 from speechbrain_ssrl.data import views  # noqa: E402
 from speechbrain_ssrl.data.augment_data import make_augment_csv  # noqa: E402
+from speechbrain_ssrl.data.voxceleb import OPT_FILE, preparation_is_current  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 
-def prepare_data(hparams):
-    """VoxCeleb CSVs and the noise / RIR CSVs, on the main process only."""
-    run_on_main(
-        prepare_voxceleb,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["save_folder"],
-            "verification_pairs_file": hparams["verification_file"],
-            "splits": ["train", "test"],
-            "min_duration": hparams.get("min_duration", 1.0),
-            "convert_m4a": hparams.get("convert_m4a", False),
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
+def prep_kwargs(hparams, save_folder=None):
+    """The arguments of ``prepare_voxceleb`` for this run (into ``save_folder``, default the run's)."""
+    return {
+        "data_folder": hparams["data_folder"],
+        "save_folder": save_folder or hparams["save_folder"],
+        "verification_pairs_file": hparams["verification_file"],
+        "splits": ["train", "test"],
+        "min_duration": hparams.get("min_duration", 1.0),
+        "convert_m4a": hparams.get("convert_m4a", False),
+        "skip_prep": hparams["skip_prep"],
+    }
+
+
+def staging_folder(hparams) -> str:
+    """Where a preparation is made before it is accepted: outside the output folder, the same on every rank."""
+    key = hashlib.sha1(os.path.abspath(hparams["save_folder"]).encode("utf-8")).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"ssrl_prep_{key}")
+
+
+def prepare_and_check_data(hparams):
+    """The data preparation and its checks (K0 and batch_size against N; on a resume, the same training
+    CSV), before anything is written into the output folder. Returns the staging folder holding a new
+    preparation to adopt (``adopt_preparation``), or None when the run's preparation is current."""
+    if preparation_is_current(**prep_kwargs(hparams)):
+        recipe_checks.check_training_data(hparams, write=False)
+        return None
+    staging = staging_folder(hparams)
+    if if_main_process() and os.path.isdir(staging):
+        shutil.rmtree(staging)
+    run_on_main(prepare_voxceleb, kwargs=prep_kwargs(hparams, staging))
+    try:
+        recipe_checks.check_training_data(hparams, csv_path=os.path.join(staging, "train.csv"), write=False)
+    except recipe_checks.RefusedError:
+        if if_main_process():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def adopt_preparation(staging, save_folder) -> None:
+    """Moves a checked preparation into the run's ``save_folder`` (its options file last: it marks it complete)."""
+    if if_main_process():
+        os.makedirs(save_folder, exist_ok=True)
+        names = sorted(os.listdir(staging), key=lambda n: n == OPT_FILE)
+        for name in names:
+            shutil.move(os.path.join(staging, name), os.path.join(save_folder, name))
+        shutil.rmtree(staging, ignore_errors=True)
+    ddp_barrier()
+
+
+def prepare_augment_data(hparams):
+    """The noise / RIR CSVs, on the main process only."""
     for folder_key, csv_key in (("noise_folder", "noise_csv"), ("rir_folder", "rir_csv")):
         if hparams.get(folder_key) and hparams.get(csv_key):
             run_on_main(make_augment_csv, kwargs={"folder": hparams[folder_key], "csv_file": hparams[csv_key]})
@@ -67,6 +109,10 @@ def brain_kwargs(hparams, run_opts):
 def run_dino(hparams, run_opts):
     from speechbrain_ssrl.brains.dino import DINOBrain
 
+    if hparams.get("export_untrained"):  # the random-init yardstick: no training, the encoder as initialised
+        brain = DINOBrain(**brain_kwargs(hparams, run_opts))
+        brain.export_untrained()
+        return brain
     train_data = views.multicrop_dataset(
         hparams["train_annotation"],
         hparams["crop_sampler"],
@@ -106,6 +152,7 @@ def initial_labels(brain, hparams):
         init=hparams["kmeans_init"],
         seed=hparams["seed"],
         device=str(brain.device),
+        sample_rate=hparams["sample_rate"],
     )
     run_on_main(initial_clustering, kwargs=kwargs)
     return initial_clustering(**kwargs)  # every rank: loads the saved result
@@ -160,23 +207,45 @@ def run_iterative(hparams, run_opts):
 STAGES = {"dino": run_dino, "ssrl": run_ssrl, "iterative": run_iterative}
 
 
-if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+def holds_no_file(folder) -> bool:
+    """Whether ``folder`` is missing or holds only (empty) folders."""
+    return not any(files for _, _, files in os.walk(folder))
+
+
+def main(argv):
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
-    hparams = recipe_checks.load_hparams(hparams_file, overrides)  # refuses unknown command-line keys
-    recipe_checks.check_before_start(hparams)  # an unusable dino_folder; a resume with another architecture / K0
+    # every check runs before the output folder is touched: a refused run leaves it as it was
+    hparams = recipe_checks.load_hparams(hparams_file, overrides)  # unknown keys; number_of_epochs, batch_size, K0
+    stage = hparams.get("stage")
+    if stage not in STAGES:
+        raise recipe_checks.RefusedError(
+            f"{hparams_file}: unknown or missing `stage: {stage}` (expected one of {sorted(STAGES)})"
+        )
+    out = hparams["output_folder"]
+    fresh = holds_no_file(out)  # loading the yaml made only empty folders (the checkpointer's save/)
+    try:
+        recipe_checks.check_before_start(hparams)  # an unusable / untrained dino_folder; a resume with another model
+        staging = prepare_and_check_data(hparams)  # K0, batch_size <= N; a resume keeps the training CSV
+    except recipe_checks.RefusedError:
+        if fresh and if_main_process() and holds_no_file(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    stage = hparams.get("stage")
-    if stage not in STAGES:
-        raise SystemExit(f"{hparams_file}: unknown or missing `stage: {stage}` (expected one of {sorted(STAGES)})")
-    prepare_data(hparams)
-    recipe_checks.check_training_data(hparams)  # K0 <= N; a resume keeps architecture, K0 and training CSV
+    if staging is not None:
+        adopt_preparation(staging, hparams["save_folder"])
+    prepare_augment_data(hparams)
+    recipe_checks.check_training_data(hparams)  # writes run_settings.json at a fresh start
     try:
         STAGES[stage](hparams, run_opts)
     except (NonFiniteLossError, CheckpointSaveError) as e:
         logger.exception("training stopped")
         raise SystemExit(f"training stopped: {e}") from None
+
+
+if __name__ == "__main__":
+    recipe_checks.run_script(main, sys.argv[1:], "train.py")
