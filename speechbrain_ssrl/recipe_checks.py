@@ -1,21 +1,25 @@
 """Refusals before any training work, with messages that say what is wrong and how to fix it.
 
-``train.py`` calls, in this order:
+``train.py`` calls, in this order, all before anything is written into the output folder:
 
 * ``load_hparams(hparams_file, overrides)``: an unknown top-level key on the command line
   (``--K_0=...``) is refused, naming the key and the closest yaml keys (hyperpyyaml 1.2.3 raises a bare
   ``KeyError`` traceback; keys inside a dict value, e.g. new DataLoader options, are allowed);
-* ``check_before_start(hparams)`` (before the experiment folder is touched): a ``dino_folder`` without
-  a usable teacher (missing, unreadable, or another architecture) is refused; on a resume (a checkpoint
-  exists in ``save_folder``) the architecture keys, ``K0`` and ``queue_length`` must equal those saved in
-  ``save_folder/run_settings.json`` at the first start, or the run is refused naming the keys;
-* after the data preparation, ``check_training_data(hparams)``: ``K0`` larger than the number of
-  training utterances is refused; on a resume, the number of utterances N and a digest of the training
-  CSV's ``ID`` column (in order) must match too (a different data folder is refused); at a fresh start
-  it writes ``run_settings.json``.
+  ``check_settings``: ``number_of_epochs`` < 1 (DINO: unless ``export_untrained``), ``batch_size`` < 1
+  and ``K0`` < 2 are refused, before the yaml is loaded (which fails on e.g. ``K0=-1``) and after;
+* ``check_before_start(hparams)``: a ``dino_folder`` without a usable teacher (missing, unreadable,
+  another architecture, exported untrained, or a training folder with no trained epoch) is refused; on
+  a resume (a checkpoint exists in ``save_folder``) the architecture keys, ``K0`` and ``queue_length``
+  must equal those saved in ``save_folder/run_settings.json`` at the first start, or the run is refused;
+* on the prepared training CSV (``train.py`` prepares into a staging folder first),
+  ``check_training_data(hparams, csv_path, write=False)``: ``K0`` or ``batch_size`` larger than the
+  number of training utterances is refused; on a resume, the number of utterances N and a digest of the
+  training CSV's ``ID`` column (in order) must match too (a different data folder is refused). Called
+  again once the preparation is adopted, it writes ``run_settings.json`` at a fresh start.
 
 Every refusal raises ``RefusedError``, a ``SystemExit``: the message is printed without a traceback and
-the exit status is 1.
+the exit status is 1. ``run_script`` ends the recipe scripts' other input problems (``OSError``,
+``ValueError``, ``ExportError``) with one line too; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import logging
 import os
 import re
+import traceback
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from speechbrain_ssrl.export import RECIPE_ARCH_KEYS, ExportError
@@ -435,6 +440,8 @@ def run_script(main: Callable[[List[str]], Any], argv: List[str], program: str) 
     try:
         return main(argv)
     except RefusedError:
+        if debug:
+            traceback.print_exc()
         raise
     except (OSError, ValueError, ExportError) as e:
         if debug:
