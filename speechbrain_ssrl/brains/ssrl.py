@@ -117,6 +117,8 @@ class SSRLBrain(SSLBrainBase):
             label_margin=float(h.aam_margin) if hasattr(h, "aam_margin") else 0.2,
             min_margin=float(getattr(h, "relabel_min_margin", 0.0)),
         )
+        if h.teacher_bn not in ("eval", "train", "recal"):
+            raise ValueError(f"teacher_bn: {h.teacher_bn!r} is not one of eval, train, recal (see the yaml's comment)")
         L, e_fix = int(h.queue_length), int(h.fixed_label_epochs)
         if bool(getattr(h, "update_labels", True)) and L > 1 and e_fix < L // 2 + 1:
             logger.warning(
@@ -145,7 +147,7 @@ class SSRLBrain(SSLBrainBase):
             fix_steps, self.total_steps, h.lr_fix_start, h.lr_fix_end, h.lr_start, h.lr_final, upd_warmup_steps=warm
         )
         self.momentum = LinearMomentum(h.ema_start, h.ema_end, self.total_steps)
-        if self.epoch == 0:
+        if self.epoch == 0 and self.optimizer_step == 0:  # not after a resume inside epoch 1: row 0 exists
             self.log_start()
 
     def log_start(self) -> None:
@@ -252,7 +254,8 @@ class SSRLBrain(SSLBrainBase):
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.hparams.crop_sampler.set_epoch(epoch)
-            if self.hparams.teacher_bn == "recal" and self.teacher_labelling(int(epoch)):
+            # (not when resuming inside the epoch: the checkpointed teacher holds this epoch's statistics)
+            if self.hparams.teacher_bn == "recal" and self.teacher_labelling(int(epoch)) and self.step == 0:
                 self.recalibrate_teacher_bn()
 
     def recalibrate_teacher_bn(self) -> None:
