@@ -145,3 +145,55 @@ def test_ddp_intra_epoch_checkpoint_keeps_every_rank_record_once(tmp_path):
             assert r[run]["n"] == 12 and torch.equal(r[run]["idx"], torch.arange(12)), (rank, run)
         assert torch.equal(r["ref"]["labels"], r["resumed"]["labels"])
         assert torch.allclose(r["ref"]["weights"], r["resumed"]["weights"])
+
+
+def test_embedding_records_round_trip_and_discard(tmp_path):
+    st = PseudoLabelState(torch.arange(6) % 3, n_clusters=3, queue_length=3)
+    emb = torch.randn(6, 4)
+    st.record(torch.arange(3), torch.zeros(3, dtype=torch.long), torch.ones(3), embeddings=emb[:3])
+    mark = st.record_mark()
+    st.record(torch.arange(3, 6), torch.zeros(3, dtype=torch.long), torch.ones(3), embeddings=emb[3:])
+    assert st.discard_records(mark) == 3  # a skipped batch drops its embeddings too
+    st.record(torch.arange(3, 6), torch.zeros(3, dtype=torch.long), torch.ones(3), embeddings=emb[3:])
+    st._save(str(tmp_path / "pl.ckpt"))
+    st2 = PseudoLabelState(torch.arange(6) % 3, n_clusters=3, queue_length=3)
+    st2._load(str(tmp_path / "pl.ckpt"), end_of_epoch=False)
+    rec = st2.take_epoch_records()
+    assert torch.equal(rec["idx"], torch.arange(6))
+    assert torch.allclose(rec["emb"], emb.half().float())  # kept in fp16
+    assert st2.n_recorded() == 0
+    # records without embeddings: (n, 0)
+    st3 = PseudoLabelState(torch.arange(6) % 3, n_clusters=3)
+    st3.record(torch.arange(2), torch.zeros(2, dtype=torch.long), torch.ones(2))
+    assert st3.take_epoch_records()["emb"].shape == (2, 0)
+
+
+def _ddp_embedding_worker(rank, world, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    init_gloo(rank, world, port)
+    try:
+        emb = torch.arange(24, dtype=torch.float32).reshape(8, 3)
+        st = PseudoLabelState(torch.arange(8) % 2, n_clusters=2, queue_length=3)
+        mine = torch.arange(4) + 4 * rank
+        st.record(mine[:2], torch.zeros(2, dtype=torch.long), torch.ones(2), embeddings=emb[mine[:2]])
+        held = st.gather_records_to_main()  # intra-epoch checkpoint: rank 0 holds all records so far
+        assert held == 4 and st.n_recorded() == (4 if rank == 0 else 0)
+        st.record(mine[2:], torch.zeros(2, dtype=torch.long), torch.ones(2), embeddings=emb[mine[2:]])
+        rec = st.take_epoch_records()
+        order = rec["idx"].argsort()
+        torch.save(dict(idx=rec["idx"][order], emb=rec["emb"][order]), os.path.join(out_dir, f"emb{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_embedding_records_are_gathered_once_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_embedding_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        r = torch.load(tmp_path / f"emb{rank}.pt")
+        assert torch.equal(r["idx"], torch.arange(8))
+        assert torch.equal(r["emb"], torch.arange(24, dtype=torch.float32).reshape(8, 3))
