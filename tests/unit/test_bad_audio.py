@@ -77,6 +77,22 @@ def test_preparation_decodes_float_files_and_rejects_nan(tmp_path):
     assert info is None and "no audio samples" in why
 
 
+def test_preparation_leaves_a_nan_float_wav_out_and_lists_it(minivox_ci, tmp_path):
+    import shutil
+
+    data = str(tmp_path / "data")
+    shutil.copytree(minivox_ci, data)
+    test_spk = {line.split()[1].split("/")[0] for line in open(os.path.join(data, "veri_test2.txt"))}
+    spk = next(s for s in sorted(os.listdir(os.path.join(data, "wav"))) if s not in test_spk)
+    video = sorted(os.listdir(os.path.join(data, "wav", spk)))[0]
+    nan_wav = write_nan_float_wav(os.path.join(data, "wav", spk, video, "99999.wav"))
+    save = str(tmp_path / "save")
+    prepare_voxceleb(data, save, os.path.join(data, "veri_test2.txt"))
+    listed = open(os.path.join(save, "skipped_files.txt")).read()
+    assert f"{nan_wav}\tnon-finite samples (NaN or inf), the first at sample" in listed
+    assert nan_wav not in open(os.path.join(save, "train.csv")).read()
+
+
 def test_every_reader_of_training_audio_skips_a_bad_file_once(training_csv, monkeypatch, caplog):
     csv_path, wavs = training_csv
     rows = views.read_csv_rows(csv_path)

@@ -108,3 +108,26 @@ def test_resume_with_changed_settings_is_refused(tmp_path):
         rc.check_training_data(h)
     _csv(tmp_path / "train.csv", 10)
     rc.check_training_data(h)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"number_of_epochs": 0}, "--number_of_epochs=0: nothing would be trained"),
+        ({"K0": 1}, "--K0=1: pseudo labels need at least 2 clusters"),
+        ({"K0": -3}, "--K0=-3: pseudo labels need at least 2 clusters"),
+        ({"batch_size": 0}, "--batch_size=0: a batch needs at least one utterance"),
+    ],
+)
+def test_degenerate_settings_are_refused_before_the_yaml_is_loaded(tmp_path, override, message):
+    base = {"data_folder": str(tmp_path), "dino_folder": str(tmp_path), "output_folder": str(tmp_path / "out")}
+    with pytest.raises(rc.RefusedError, match=message):
+        rc.load_hparams(SSRL_YAML, {**base, **override})
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_size_larger_than_n_is_refused(tmp_path):
+    with pytest.raises(rc.RefusedError, match=r"--batch_size=11 is larger than the 10 training utterances"):
+        rc.check_training_data(_hparams(tmp_path, n=10, batch_size=11))
+    with pytest.raises(rc.RefusedError, match=r"larger than the 5 training utterances shared by 2 processes"):
+        rc.check_batch_size(6, 10, "train.csv", world_size=2)

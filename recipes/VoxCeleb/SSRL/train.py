@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 
 import torch
 
@@ -34,7 +33,7 @@ from speechbrain_ssrl.brains.base import NonFiniteLossError  # noqa: E402
 from speechbrain_ssrl.checkpoints import CheckpointSaveError  # noqa: E402
 from speechbrain_ssrl.data import views  # noqa: E402
 from speechbrain_ssrl.data.augment_data import make_augment_csv  # noqa: E402
-from speechbrain_ssrl.data.voxceleb import OPT_FILE, preparation_is_current  # noqa: E402
+from speechbrain_ssrl.data.voxceleb import OPT_FILE, SKIPPED_FILE, preparation_is_current  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +52,11 @@ def prep_kwargs(hparams, save_folder=None):
 
 
 def staging_folder(hparams) -> str:
-    """Where a preparation is made before it is accepted: outside the output folder, the same on every rank."""
-    key = hashlib.sha1(os.path.abspath(hparams["save_folder"]).encode("utf-8")).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"ssrl_prep_{key}")
+    """Where a preparation is made before it is accepted: a hidden folder next to the output folder (outside
+    it, on the same file system, the same on every rank)."""
+    out = os.path.abspath(hparams["output_folder"]).rstrip(os.sep)
+    key = hashlib.sha1(os.path.abspath(hparams["save_folder"]).encode("utf-8")).hexdigest()[:8]
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.prep-{key}")
 
 
 def prepare_and_check_data(hparams):
@@ -86,6 +87,9 @@ def adopt_preparation(staging, save_folder) -> None:
         for name in names:
             shutil.move(os.path.join(staging, name), os.path.join(save_folder, name))
         shutil.rmtree(staging, ignore_errors=True)
+        skipped = os.path.join(save_folder, SKIPPED_FILE)
+        n = sum(1 for _ in open(skipped, encoding="utf-8")) if os.path.isfile(skipped) else 0
+        logger.info("data preparation moved into %s (%d file(s) left out, listed in %s)", save_folder, n, skipped)
     ddp_barrier()
 
 
