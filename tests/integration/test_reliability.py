@@ -230,6 +230,10 @@ def test_degenerate_settings_are_refused_before_any_work(minivox_ci, teacher, tm
         out = str(tmp_path / f"run{i}")
         one_line_refusal(run(out, minivox_ci, teacher, *args), text)
         assert not os.path.exists(out), args
+    # a data folder that does not exist is named as such (not as a missing trial list); nothing is left behind
+    out = str(tmp_path / "no_data")
+    one_line_refusal(run(out, str(tmp_path / "nowhere"), teacher), f"data folder {tmp_path / 'nowhere'} does not exist")
+    assert not os.path.exists(out) and not [d for d in os.listdir(tmp_path) if d.startswith(".")]
     # batch_size > N is known once the data is prepared: still nothing in the output folder
     out = str(tmp_path / "big_batch")
     one_line_refusal(run(out, minivox_ci, teacher, "--batch_size=49"), "--batch_size=49 is larger than the 48 training utterances")

@@ -69,10 +69,10 @@ def prepare_and_check_data(hparams):
     staging = staging_folder(hparams)
     if if_main_process() and os.path.isdir(staging):
         shutil.rmtree(staging)
-    run_on_main(prepare_voxceleb, kwargs=prep_kwargs(hparams, staging))
     try:
+        run_on_main(prepare_voxceleb, kwargs=prep_kwargs(hparams, staging))
         recipe_checks.check_training_data(hparams, csv_path=os.path.join(staging, "train.csv"), write=False)
-    except recipe_checks.RefusedError:
+    except BaseException:  # a refusal, or a preparation that failed (e.g. bad test files): nothing stays behind
         if if_main_process():
             shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -231,7 +231,7 @@ def main(argv):
     try:
         recipe_checks.check_before_start(hparams)  # an unusable / untrained dino_folder; a resume with another model
         staging = prepare_and_check_data(hparams)  # K0, batch_size <= N; a resume keeps the training CSV
-    except recipe_checks.RefusedError:
+    except BaseException:  # refused or failed before any work: remove the empty folders loading the yaml made
         if fresh and if_main_process() and holds_no_file(out):
             shutil.rmtree(out, ignore_errors=True)
         raise
