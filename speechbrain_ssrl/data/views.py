@@ -24,7 +24,6 @@ import csv
 import logging
 import math
 import os
-import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
