@@ -93,3 +93,27 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, tmp_path):
     assert mtimes == {n: os.path.getmtime(out / n / "history.csv") for n in mtimes}
     res2 = json.loads((out / "results.json").read_text())
     assert res2["paired_vs_ssrl"] == res["paired_vs_ssrl"]
+
+
+def test_label_correction_bench_variants_and_supervised_ceiling(minivox_ci, dino_ci, tmp_path):
+    """--start oracle (true labels, 50 % randomised) for an SSRL row and a --variant row, plus the supervised
+    ceiling (true labels, fixed); the baseline is left out with --systems."""
+    out = tmp_path / "bench"
+    args = [f"--data_folder={minivox_ci}", f"--out={out}", f"--dino_folder={dino_ci}", "--rounds=2", "--epochs_per_round=1",
+            "--threads=1", "--device=cpu", "--recluster=off", "--validate_every=2", *TINY_DINO, "--fixed_label_epochs=1",
+            "--start=oracle", "--oracle_noise=0.5", "--systems=ssrl,gated,supervised",
+            "--variant=gated=--relabel_min_margin=0.05 --relabel_prototypes=mean"]
+    run_experiments(*args)
+    res = json.loads((out / "results.json").read_text())
+    sy = res["systems"]
+    assert set(sy) == {"dino", "ssrl", "gated", "supervised"} and res["iterative_rounds"] == []
+    assert "DIAGNOSTIC start" in res["start"] and "50%" in res["start"]
+    md = (out / "results.md").read_text()
+    assert "DIAGNOSTIC start" in md and "Supervised ceiling" in md
+    # the bench's start: 6 true speakers -> K0 = 6, half the labels randomised (NMI well below 1)
+    for n in ("ssrl", "gated"):
+        assert sy[n]["labels_start"]["n_clusters"] <= 6 and sy[n]["labels_start"]["nmi"] < 0.9, n
+    assert "--relabel_min_margin=0.05" in json.loads((out / "logs" / "gated.done.json").read_text())["cmd"]
+    # the ceiling trains on the true labels, unchanged
+    assert sy["supervised"]["labels"]["nmi"] == 1.0 and sy["supervised"]["labels"]["n_clusters"] == 6
+    assert res["reference"] == "ssrl" and set(res["paired_vs_ssrl"]) == {"dino", "gated", "supervised"}

@@ -541,24 +541,35 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
         "",
         f"{heading}# Test trials: EER and minDCF; pseudo-label quality; cost",
         "",
-        "| System | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | purity | clusters | NMI re-clustered | "
-        "purity re-clustered | steps | wall min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| System | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | purity | clusters | max speakers / home | "
+        "NMI re-clustered | purity re-clustered | steps | wall min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in res["order"]:
         s = systems[name]
         t, lab, c, rc = s["test"], s.get("labels") or {}, s["cost"], s.get("reclustered") or {}
+        st = s.get("labels_start") or {}
+
+        def moved(key, spec=".3f"):  # "start → end" for runs that relabel (SSRL rows), else the labels' value
+            end = lab.get(key)
+            if key == "n_clusters":
+                end_s = "-" if end is None else str(end)
+                return f"{int(st[key])} → {end_s}" if st.get(key) is not None else end_s
+            return f"{fmt(st[key], spec)} → {fmt(end, spec)}" if st.get(key) is not None else fmt(end, spec)
+
         lines.append(
             f"| {s['label']} | {t['eer']:.2f} ± {fmt(t.get('eer_se'), '.2f')} | {fmt(t.get('min_dcf_0.01'))} | "
-            f"{fmt(t.get('min_dcf_0.05'))} | {fmt(lab.get('nmi'))} | {fmt(lab.get('purity'))} | "
-            f"{lab.get('n_clusters', '-') if lab else '-'} | {fmt(rc.get('nmi'))} | {fmt(rc.get('purity'))} | {c['steps']} | "
+            f"{fmt(t.get('min_dcf_0.05'))} | {moved('nmi')} | {moved('purity')} | {moved('n_clusters') if lab else '-'} | "
+            f"{lab.get('max_speakers_per_home', '-')} | {fmt(rc.get('nmi'))} | {fmt(rc.get('purity'))} | {c['steps']} | "
             f"{c['wall_minutes']:.{1 if c['wall_minutes'] >= 1 else 2}f} |"
         )
     k_re = next((s["reclustered"].get("n_clusters") for s in systems.values() if s.get("reclustered")), "K0")
     lines += [
         "",
         "EER ± leave-one-test-speaker-out (jackknife) standard error. NMI / purity / clusters: the labels the final "
-        "model was trained on (SSRL: its labels after the last epoch; baseline round r: the k-means labels of round r), "
+        "model was trained on (SSRL rows: start → after the last epoch; baseline round r: the k-means labels of round r), "
+        "against the true speakers; max speakers / home: the most true speakers whose majority cluster is one cluster "
+        "(`label_merges.csv`). "
         "against the true speakers. Re-clustered: a fresh k-means (k = "
         f"{k_re}, seed 0) of the training utterances embedded by the system's final model, i.e. the labels its "
         "representation would give (for baseline round r, the labels of round r + 1). Steps and wall minutes: "
@@ -883,14 +894,21 @@ def main(argv=None):  # noqa: C901 (one linear script)
                      "epochs": sum(q["epochs"] for q in rounds if q["round"] <= rr)},
             "history": read_history(round_folder(it, rr)),
         }
+        merged = num((systems[f"iterative_r{rr}"]["history"] or [{}])[-1].get("max_speakers_per_home"))
+        if merged is not None:
+            systems[f"iterative_r{rr}"]["labels"]["max_speakers_per_home"] = int(merged)
     for name, label, args in a.variants:
         folder = os.path.join(out, name)
         hist = read_history(folder)
         last = hist[-1] if hist else {}
         cost = run_cost(folder, os.path.join(folder, "initial_clustering", "initial_clustering.pt"))
+        first = hist[0] if hist else {}
+        label_keys = ("nmi", "ari", "purity", "accuracy", "n_clusters", "max_speakers_per_home")
         systems[name] = {"label": label, "overrides": args,
-                         "labels": {k: (int(float(last[k])) if k == "n_clusters" else num(last.get(k)))
-                                    for k in ("nmi", "ari", "purity", "accuracy", "n_clusters") if last.get(k) not in (None, "")},
+                         "labels": {k: (int(float(last[k])) if k in ("n_clusters", "max_speakers_per_home") else num(last.get(k)))
+                                    for k in label_keys if last.get(k) not in (None, "")},
+                         "labels_start": {k: num(first.get(k)) for k in ("nmi", "purity", "n_clusters")
+                                          if first.get(k) not in (None, "")},
                          "cost": dict(cost, wall_minutes=cost["wall_seconds"] / 60), "history": hist}
     for n in systems:
         systems[n]["test"] = tests[n][main_list]
