@@ -24,7 +24,7 @@ import csv
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -225,6 +225,25 @@ def initial_clustering(
     logger.info("initial clustering saved to %s", path)
     data["path"] = path
     return data
+
+
+def embed_training_set(
+    embed_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_csv: str,
+    *,
+    max_seconds: Optional[float] = None,
+    device: str = "cpu",
+    progress: bool = True,
+    sample_rate: int = 16000,
+    batch_seconds: float = 240.0,
+    max_batch: int = 64,
+) -> Tuple[List[str], torch.Tensor]:
+    """(CSV IDs, L2-normalised embeddings (N, D)) of every training utterance, read as for the initial
+    clustering (an unusable file is skipped and listed; its row embeds the next row that reads)."""
+    ids, wavs, durations, _ = _read_csv(train_csv)
+    emb = _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress,
+                     sample_rate)
+    return list(ids), emb
 
 
 def _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress,

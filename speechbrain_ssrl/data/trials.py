@@ -81,27 +81,35 @@ def read_trials(path: PathLike) -> List[Trial]:
             "(for VoxCeleb1 download veri_test2.txt from the VoxCeleb site; MiniVox writes "
             "<minivox root>/veri_test2.txt)"
         )
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as err:
+        raise TrialListError(
+            f"trial list {path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset "
+            f"{err.start}): it is not a veri_test2.txt-format list, or has another encoding. Fix: pass the right "
+            "file, or convert it (iconv -t UTF-8)"
+        ) from None
     trials: List[Trial] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            fields = line.split()
-            where = f"{path}, line {lineno}"
-            if len(fields) != 3:
-                raise TrialListError(
-                    f"{where}: expected '<0|1> <enrol.wav> <test.wav>', got {line!r} "
-                    f"({len(fields)} fields); fix or remove that line"
-                )
-            label, enrol, test = fields
-            if label not in ("0", "1"):
-                raise TrialListError(f"{where}: the label must be 0 or 1, got {label!r}; fix that line")
-            for p in (enrol, test):
-                why = _check_rel_path(p)
-                if why:
-                    raise TrialListError(f"{where}: {why}; fix that line")
-            trials.append(Trial(int(label), enrol.replace("\\", "/"), test.replace("\\", "/")))
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        where = f"{path}, line {lineno}"
+        if len(fields) != 3:
+            raise TrialListError(
+                f"{where}: expected '<0|1> <enrol.wav> <test.wav>', got {line!r} "
+                f"({len(fields)} fields); fix or remove that line"
+            )
+        label, enrol, test = fields
+        if label not in ("0", "1"):
+            raise TrialListError(f"{where}: the label must be 0 or 1, got {label!r}; fix that line")
+        for p in (enrol, test):
+            why = _check_rel_path(p)
+            if why:
+                raise TrialListError(f"{where}: {why}; fix that line")
+        trials.append(Trial(int(label), enrol.replace("\\", "/"), test.replace("\\", "/")))
     if not trials:
         raise TrialListError(f"trial list {path} holds no trial: it is empty or only has comments")
     return trials

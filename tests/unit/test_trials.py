@@ -103,3 +103,12 @@ def test_minivox_trials_resolve(minivox_ci):
     trials = read_trials(os.path.join(minivox_ci, "veri_test2.txt"))
     paths = resolve_trial_paths(trials, minivox_ci)
     assert len(paths) == len(trial_files(trials)) and all(os.path.isfile(p) for p in paths.values())
+
+
+def test_a_list_that_is_not_utf8_is_named_by_read_trials_itself(tmp_path):
+    from speechbrain_ssrl.data.trials import TrialListError, read_trials
+
+    bad = tmp_path / "veri_test2.txt"
+    bad.write_bytes(b"1 id1/a/1.wav id1/b/2.wav\n\xff\xfe 0 x y\n")
+    with pytest.raises(TrialListError, match="not UTF-8 text"):
+        read_trials(str(bad))

@@ -337,15 +337,14 @@ def recluster(model_folder: str, out_dir: str, train_csv: str, k: int, max_secon
     return report
 
 
-def oracle_start_file(dino: str, train_rows: List[Dict[str, str]], out_dir: str, noise: float, split: str,
-                      max_seconds: Optional[float], device: str, log: str):
+def oracle_start_file(dino: str, train_csv: str, train_rows: List[Dict[str, str]], out_dir: str, noise: float,
+                      split: str, max_seconds: Optional[float], device: str, log: str):
     """The label-correction bench's start (``speechbrain_ssrl.oracle_start``): true labels, ``noise`` of them
     randomised, centroids = mean DINO embeddings; cached in ``out_dir`` with a stamp. Returns (path, K0, info)."""
     import torch
 
-    from speechbrain_ssrl.embeddings import extract_embeddings
     from speechbrain_ssrl.export import load_embed_fn
-    from speechbrain_ssrl.initial_clustering import FILENAME
+    from speechbrain_ssrl.initial_clustering import FILENAME, embed_training_set
     from speechbrain_ssrl.oracle_start import oracle_labels, save_oracle_start, session_of
 
     if not all(r.get("spk_id") for r in train_rows):
@@ -362,9 +361,10 @@ def oracle_start_file(dino: str, train_rows: List[Dict[str, str]], out_dir: str,
     os.makedirs(out_dir, exist_ok=True)
     fn, _ = load_embed_fn(os.path.join(dino, "pretrained"), device=device, savedir=os.path.join(out_dir, "model"))
     with torch.no_grad():
-        emb = extract_embeddings(fn, [r["wav"] for r in train_rows], max_seconds=max_seconds, device=device,
-                                 progress=False)
-    save_oracle_start(path, [r["ID"] for r in train_rows], labels, emb, k, info)
+        ids, emb = embed_training_set(fn, train_csv, max_seconds=max_seconds, device=device, progress=False)
+    if ids != [r["ID"] for r in train_rows]:
+        raise SystemExit(f"{train_csv} changed while the diagnostic start was made: re-run")
+    save_oracle_start(path, ids, labels, emb, k, info)
     write_json(os.path.join(out_dir, "stamp.json"), {"stamp": stamp})
     return path, k, info
 
@@ -804,15 +804,16 @@ def main(argv=None):  # noqa: C901 (one linear script)
     starts: Dict[str, tuple] = {}  # system -> (initial clustering file, K0)
     start_desc = f"k-means (K0 = {yaml_value(plan.yaml['ssrl'], 'K0', plan.ov['ssrl'])}) of the DINO teacher's embeddings"
     if a.start == "oracle":
-        f, k, info = oracle_start_file(dino, train_rows, os.path.join(out, "oracle_start"), a.oracle_noise, a.oracle_split,
-                                       cap, device, log)
+        f, k, info = oracle_start_file(dino, train_csv, train_rows, os.path.join(out, "oracle_start"), a.oracle_noise,
+                                       a.oracle_split, cap, device, log)
         starts = {n: (f, k) for n in ["iterative"] + [v[0] for v in a.variants]}
         start_desc = (f"DIAGNOSTIC start (label-correction bench): the true speaker labels "
                       f"({'one cluster per speaker' if a.oracle_split == 'speaker' else 'one cluster per speaker session'}, "
                       f"K0 = {k}) with {a.oracle_noise:.0%} of the utterances given a random label "
                       f"({info['n_changed']} of {len(train_rows)} changed); centroids = mean DINO embeddings")
     if "supervised" in a.systems:
-        f, k, _ = oracle_start_file(dino, train_rows, os.path.join(out, "supervised_start"), 0.0, "speaker", cap, device, log)
+        f, k, _ = oracle_start_file(dino, train_csv, train_rows, os.path.join(out, "supervised_start"), 0.0, "speaker",
+                                    cap, device, log)
         starts["supervised"] = (f, k)
 
     def place_start(system: str, target: str) -> List[str]:
