@@ -2,7 +2,7 @@
 
 A student trained on augmented crops (and a teacher that takes its BN buffers by EMA) carries running
 statistics of *noisy* input; embedding clean test audio in eval mode with them costs several EER
-points at small scale (METHOD.md, "short runs"). ``recalibrate_bn`` resets the running statistics and
+points at small scale (short runs). ``recalibrate_bn`` resets the running statistics and
 re-estimates them as a cumulative average over clean crops of training audio; the model's train/eval
 mode is restored afterwards.
 """

@@ -4,8 +4,8 @@ After every optimiser step the teacher follows the student,
 
     teacher ← m · teacher + (1 - m) · student          (parameters, and float buffers by default)
 
-with ``m`` rising linearly per step (0.999 → 0.9999 over the run in the release; METHOD.md notes
-that short runs need a schedule sized to their length, e.g. 0.98 → 0.995). The teacher is kept out
+with ``m`` rising linearly per step (0.999 → 0.9999 over the run in the release; short
+runs need a schedule sized to their length, e.g. 0.98 → 0.995). The teacher is kept out
 of the Brain's ``modules`` (no optimiser, no DDP wrapper) and is checkpointed as a plain module.
 """
 

@@ -4,7 +4,7 @@ Every training utterance ``n`` owns a FIFO ``Q_n`` of its last ``L`` pseudo labe
 of stage 2 each queue holds ``seed_copies`` (default ``L // 2``) copies of the initial k-means
 label ``y0_n``, so that after ``L // 2 + 1`` pushes of teacher labels the queue is full (for odd
 ``L``; in general after ``L - seed_copies`` pushes). At the end of an epoch the teacher's labels
-are pushed and the new label is the mode of the queue (see ``../shared/design/METHOD.md``).
+are pushed and the new label is the mode of the queue (SSRL's label queue, as in the authors' release).
 
 Storage is one ``(N, L)`` int64 tensor, oldest entry in column 0, newest in column ``L - 1``,
 ``-1`` marking empty slots (labels must be ``>= 0``). Everything is vectorised over utterances;

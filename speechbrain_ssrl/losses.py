@@ -234,7 +234,7 @@ class AAMSoftmax(nn.Module):
         """Per-sample ``CE(scale · cos, y)`` with pruned classes masked (the noise model's ``λ``).
 
         ``cos`` (B, K) from ``cosine`` or ``nearest`` (already masked is fine). No margin by
-        default (METHOD.md "Decisions": ``teacher_margin``); ``scale`` defaults to ``self.scale``.
+        default (the yaml key ``teacher_margin`` sets one); ``scale`` defaults to ``self.scale``.
         """
         y = _flat_targets(targets, cos.shape[0]).to(cos.device)
         self._check_targets(y)

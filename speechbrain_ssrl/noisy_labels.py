@@ -1,7 +1,7 @@
 """Noisy-label modelling: a 2-component GMM on the teacher's log-loss gives clean probabilities.
 
 At the end of every SSRL epoch the teacher's per-utterance loss ``λ_n = CE(s·cos, ỹ_n)`` is turned
-into a probability ``p_n`` that the pseudo label is clean (``../shared/design/METHOD.md``):
+into a probability ``p_n`` that the pseudo label is clean (as in the authors' release):
 
     u = log(λ + eps)                                  eps = 1e-12
     u ← clip(u, max(quantile(u, 0.001), -20), quantile(u, 0.999))

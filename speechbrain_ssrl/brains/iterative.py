@@ -1,4 +1,4 @@
-"""The baseline SSRL is compared with: the two-stage iterative framework (METHOD.md, "The baseline").
+"""The baseline SSRL is compared with: the two-stage iterative framework of the paper's comparison.
 
 Round r (1..R):
 
