@@ -476,6 +476,16 @@ def make_plots(res: Dict, out: str) -> Dict[str, str]:
     fig.savefig(files["nmi"], dpi=100)
     plt.close(fig)
 
+    # the loop's diagnostics: the teacher's raw assignments, the largest cluster, the clean detector
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    ssrl_vs_epoch(axes[0], "hat_nmi", "NMI of the teacher's assignments ŷ", "Teacher assignments vs epoch")
+    ssrl_vs_epoch(axes[1], "size_max", "utterances in the largest cluster", "Largest cluster vs epoch")
+    ssrl_vs_epoch(axes[2], "clean_lift", "precision of p >= 0.5 / base rate", "Clean detector lift (1 = chance)")
+    fig.tight_layout()
+    files["label_dynamics"] = os.path.join(pdir, "label_dynamics.png")
+    fig.savefig(files["label_dynamics"], dpi=100)
+    plt.close(fig)
+
     # EER vs cost
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     panels = ((axes[0], "steps", "training steps after DINO"),
@@ -600,6 +610,7 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
         f"![EER vs cost]({plot_prefix}eer_vs_cost.png)",
         f"![NMI vs epoch and round]({plot_prefix}nmi.png)",
         f"![cluster count vs epoch]({plot_prefix}cluster_count.png)",
+        f"![teacher assignments, largest cluster, clean detector vs epoch]({plot_prefix}label_dynamics.png)",
         "",
     ]
     if res.get("notes"):
