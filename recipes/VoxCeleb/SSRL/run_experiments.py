@@ -439,11 +439,14 @@ def make_plots(res: Dict, out: str) -> Dict[str, str]:
         pts = [(u, v) for u, v in pts if u is not None and v is not None]
         return [u for u, _ in pts], [v for _, v in pts]
 
+    def short_label(n):  # a --variant row's label spells out its overrides: its NAME in legends
+        return systems[n]["label"] if len(systems[n]["label"]) <= 40 else n
+
     def ssrl_vs_epoch(ax, key, ylabel, title, hline=None):
         """One history column of every SSRL variant against the epoch."""
         for n in ssrl_names:
             x, y = col(systems[n]["history"], key)
-            ax.plot(x, y, marker="o", ms=3, label=systems[n]["label"])
+            ax.plot(x, y, marker="o", ms=3, label=short_label(n))
         if hline:
             ax.axhline(hline[0], color="0.4", ls="--", lw=1, label=hline[1])
         ax.set_xlabel("epoch (0 = k-means of the DINO teacher)")
@@ -508,7 +511,7 @@ def make_plots(res: Dict, out: str) -> Dict[str, str]:
             s = systems[n]
             dodge = (i - (len(ssrl_names) - 1) / 2) * 0.012 * span  # side by side when the costs are equal
             ax.errorbar([s["cost"][key] + dodge], [s["test"]["eer"]], yerr=[s["test"].get("eer_se") or 0], marker="o^vP"[i % 4],
-                        color=f"C{i}", capsize=3, ls="none", label=s["label"])
+                        color=f"C{i}", capsize=3, ls="none", label=short_label(n))
         if "ssrl" in systems and key == "steps":
             x, y = col(systems["ssrl"]["history"], "eer", x="steps")
             if len(x) >= 2:
