@@ -80,7 +80,8 @@ class RelabelConfig:
         return self.prototypes != "classifier" or self.assignment == "sinkhorn"
 
 
-def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
+def row_chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
+    """Slices of ``n`` rows, ``size`` at a time (the (N, K) score matrix is never built whole)."""
     for s in range(0, n, size):
         yield slice(s, min(n, s + size))
 
@@ -106,7 +107,7 @@ def cluster_means(emb: torch.Tensor, labels: torch.Tensor, prototypes: torch.Ten
 def nearest_assign(emb: torch.Tensor, protos: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     """Nearest active prototype of every row (chunked)."""
     out = torch.empty(emb.shape[0], dtype=torch.long, device=emb.device)
-    for sl in _chunks(emb.shape[0]):
+    for sl in row_chunks(emb.shape[0]):
         out[sl] = _masked_cos(emb[sl], protos, active).argmax(1)
     return out
 
@@ -143,14 +144,14 @@ def sinkhorn_assign(
 
     for _ in range(int(n_iter)):
         col = torch.full_like(log_c, float("-inf"))
-        for sl in _chunks(N):
+        for sl in row_chunks(N):
             col = torch.logaddexp(col, torch.logsumexp(log_rows(sl), dim=0))
         # each active column should carry N / n_act of the mass
         target = torch.log(torch.tensor(N / max(n_act, 1), dtype=torch.float64, device=emb.device))
         upd = torch.where(act & torch.isfinite(col), target - col, torch.zeros_like(col))
         log_c = log_c + upd
     out = torch.empty(N, dtype=torch.long, device=emb.device)
-    for sl in _chunks(N):
+    for sl in row_chunks(N):
         out[sl] = log_rows(sl).argmax(1)
     return out
 
@@ -200,10 +201,10 @@ def relabel(
     if cfg.assignment == "sinkhorn":
         y_hat = sinkhorn_assign(emb, protos, active, cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
         if cfg.min_margin > 0:
-            for sl in _chunks(emb.shape[0]):
+            for sl in row_chunks(emb.shape[0]):
                 y_hat[sl] = gate_by_margin(_masked_cos(emb[sl], protos, active), current[sl], y_hat[sl], cfg.min_margin)
         return y_hat, new_protos
     y_hat = torch.empty(emb.shape[0], dtype=torch.long, device=emb.device)
-    for sl in _chunks(emb.shape[0]):
+    for sl in row_chunks(emb.shape[0]):
         y_hat[sl] = rule_assign(_masked_cos(emb[sl], protos, active), current[sl], cfg)
     return y_hat, new_protos

@@ -49,7 +49,7 @@ from speechbrain_ssrl.label_diagnostics import (
     write_label_merges,
 )
 from speechbrain_ssrl.losses import weighted_mean
-from speechbrain_ssrl.online_clustering import CHUNK, RelabelConfig, relabel, rule_assign
+from speechbrain_ssrl.online_clustering import RelabelConfig, relabel, row_chunks, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
 from speechbrain_ssrl.schedules import TwoSegmentCosine, set_lr
 
@@ -332,7 +332,7 @@ class SSRLBrain(SSLBrainBase):
         margin = float(getattr(h, "teacher_margin", 0.0))
         lam = torch.cat([
             tc.teacher_loss(tc.mask(tc.cosine(emb[sl].to(dev))), y_t[sl], margin=margin)
-            for sl in (slice(s, s + CHUNK) for s in range(0, idx.numel(), CHUNK))
+            for sl in row_chunks(idx.numel())
         ])
         return {"idx": idx, "hat": y_hat.cpu(), "loss": lam.float().cpu(), "emb": emb}
 
