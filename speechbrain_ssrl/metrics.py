@@ -3,8 +3,8 @@
 :func:`pseudo_label_report` gives, for predicted cluster labels and true class labels,
 
 * ``nmi``: normalised mutual information with the arithmetic-mean normalisation
-  ``MI / ((H(pred) + H(true)) / 2)`` (scikit-learn's default);
-* ``ari``: adjusted Rand index (the pair-counting form scikit-learn uses, in exact integers);
+  ``MI / ((H(pred) + H(true)) / 2)`` (scikit-learn's ``normalized_mutual_info_score``);
+* ``ari``: adjusted Rand index (scikit-learn's ``adjusted_rand_score``, exact integer pair counts);
 * ``accuracy``: Hungarian accuracy, the best one-to-one matching of clusters to classes
   (``scipy.optimize.linear_sum_assignment`` maximising matched items); when the numbers of clusters
   and classes differ, items of unmatched clusters/classes count as errors;
@@ -12,16 +12,22 @@
   clusters of ``max_c n_kc / n_k``;
 * ``n_clusters``, ``n_classes``, ``n_items``.
 
-Everything works on a compact contingency table (``np.unique`` of the label pairs + ``bincount``), so
-1 M items take about a second; the Hungarian matching uses scipy's dense solver on small tables and
-its sparse one (on the non-zero cells only) on large ones (K x S = 8000 x 6000: ~0.4 s instead of ~2 s).
+The contingency table is scikit-learn's sparse one (``contingency_matrix(sparse=True)``). Our own
+NMI / ARI / table code was replaced by scikit-learn's (``tests/unit/test_metrics.py`` pins the numbers
+against the old formulas: ARI bit-equal, NMI within a few ulps, the same 6 significant digits in
+``history.csv``). Ours was faster (1,092,009 items, 8,000 clusters x 5,994 classes, one CPU thread:
+table 0.05 s vs 0.24 s, the whole report 0.36 s vs about 1.1 s), but the report runs once or twice per
+epoch, so that second does not count. The Hungarian matching uses scipy's dense solver on small tables
+and its sparse one (on the non-zero cells only) on large ones (K x S = 8000 x 6000: ~0.4 s instead of ~2 s).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import numpy as np
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
 
 __all__ = ["pseudo_label_report", "contingency", "hungarian_accuracy"]
 
@@ -50,46 +56,29 @@ def _to_numpy(labels, name: str) -> np.ndarray:
     return arr
 
 
-def _codes(arr: np.ndarray) -> Tuple[np.ndarray, int]:
-    """Dense codes 0..n-1 of any labels (ints or strings)."""
-    if arr.dtype.kind in "iub" and arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if hi - lo < 4 * arr.size + 1024:  # small range: a bincount is faster than sorting
-            present = np.bincount(arr - lo, minlength=hi - lo + 1) > 0
-            remap = np.cumsum(present) - 1
-            return remap[arr - lo].astype(np.int64), int(present.sum())
-    uniq, inv = np.unique(arr, return_inverse=True)
-    return inv.reshape(-1).astype(np.int64), int(uniq.size)
-
-
 def contingency(pred, true) -> Dict[str, Any]:
-    """Compact contingency table: non-zero cells (rows = clusters, cols = classes, counts) and margins."""
+    """Compact contingency table: non-zero cells (rows = clusters, cols = classes, counts) and margins.
+
+    Cells come from scikit-learn's ``contingency_matrix(pred, true, sparse=True)`` (rows and columns are
+    the sorted distinct labels), in row-major order (what ``hungarian_accuracy``'s sparse lookup needs);
+    ``labels`` holds the checked (pred, true) arrays.
+    """
     p = _to_numpy(pred, "pred_labels")
     t = _to_numpy(true, "true_labels")
     if p.shape[0] != t.shape[0]:
         raise ValueError(f"pred_labels has {p.shape[0]} items but true_labels has {t.shape[0]}")
     if p.shape[0] == 0:
         raise ValueError("no labels given (0 items)")
-    pc, K = _codes(p)
-    tc, S = _codes(t)
-    key = pc * S + tc
-    if K * S < 4 * key.size + 1024:
-        cnt = np.bincount(key, minlength=K * S)
-        cells = np.nonzero(cnt)[0]
-        counts = cnt[cells]
-    else:
-        cells, counts = np.unique(key, return_counts=True)
+    table = contingency_matrix(p, t, sparse=True, dtype=np.int64).tocsr()  # rows = clusters, cols = classes
+    table.sum_duplicates()  # canonical: sorted column indices within each row
+    K, S = table.shape
+    rows = np.repeat(np.arange(K, dtype=np.int64), np.diff(table.indptr))
     return dict(
-        rows=cells // S, cols=cells % S, counts=counts.astype(np.int64),
-        row_sums=np.bincount(pc, minlength=K).astype(np.int64),
-        col_sums=np.bincount(tc, minlength=S).astype(np.int64),
-        K=K, S=S, N=int(p.shape[0]),
+        rows=rows, cols=table.indices.astype(np.int64), counts=table.data.astype(np.int64),
+        row_sums=np.asarray(table.sum(axis=1)).reshape(-1).astype(np.int64),
+        col_sums=np.asarray(table.sum(axis=0)).reshape(-1).astype(np.int64),
+        K=int(K), S=int(S), N=int(p.shape[0]), labels=(p, t),
     )
-
-
-def _entropy(sizes: np.ndarray, n: int) -> float:
-    p = sizes[sizes > 0] / n
-    return float(-(p * np.log(p)).sum())
 
 
 def hungarian_accuracy(table: Dict[str, Any], method: str = "auto") -> float:
@@ -147,30 +136,10 @@ def pseudo_label_report(pred_labels, true_labels) -> Dict[str, Any]:
     N, K, S = tab["N"], tab["K"], tab["S"]
     counts = tab["counts"]
     a = tab["row_sums"]  # cluster sizes
-    b = tab["col_sums"]  # class sizes
 
-    # NMI (arithmetic)
-    if K == S == 1:
-        nmi = 1.0
-    else:
-        nz = counts.astype(np.float64)
-        mi = float((nz / N * (np.log(nz) + np.log(N) - np.log(a[tab["rows"]]) - np.log(b[tab["cols"]]))).sum())
-        mi = max(mi, 0.0)
-        h = 0.5 * (_entropy(a, N) + _entropy(b, N))
-        nmi = mi / max(h, np.finfo(np.float64).eps)
-
-    # ARI from the pair confusion matrix, in exact integers
-    sum_sq = int((counts.astype(np.int64) ** 2).sum())  # <= N^2: exact in int64 up to N ~ 3e9
-    sum_a2 = int((a.astype(np.int64) ** 2).sum())
-    sum_b2 = int((b.astype(np.int64) ** 2).sum())
-    tp = sum_sq - N
-    fp = sum_a2 - sum_sq  # pairs together in a cluster, apart in the classes
-    fn = sum_b2 - sum_sq
-    tn = N * N - fp - fn - sum_sq
-    if fn == 0 and fp == 0:
-        ari = 1.0
-    else:
-        ari = 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+    p, t = tab["labels"]
+    nmi = normalized_mutual_info_score(t, p)  # arithmetic mean of the entropies
+    ari = adjusted_rand_score(t, p)
 
     # purity
     order = np.lexsort((-counts, tab["rows"]))  # per cluster, largest cell first

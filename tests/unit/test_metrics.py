@@ -100,3 +100,62 @@ def test_one_million_items_is_fast():
     assert r["n_clusters"] == 8000 and r["n_classes"] == 6000
     assert 0.6 < r["accuracy"] < 0.75 and 0.85 < r["nmi"] < 0.95
     assert dt < 20.0, dt  # about 1 s here; generous bound for a loaded CI machine
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The hand-written NMI / ARI / contingency code that scikit-learn replaced (kept here as the reference that
+# pins the numbers: the table cell for cell, ARI bit-equal, NMI within a few ulps).
+def _old_table(pred, true):
+    _, pc = np.unique(np.asarray(pred), return_inverse=True)
+    _, tc = np.unique(np.asarray(true), return_inverse=True)
+    pc, tc = pc.reshape(-1), tc.reshape(-1)
+    K, S = int(pc.max()) + 1, int(tc.max()) + 1
+    cells, counts = np.unique(pc.astype(np.int64) * S + tc, return_counts=True)
+    return cells // S, cells % S, counts, np.bincount(pc, minlength=K), np.bincount(tc, minlength=S), K, S
+
+
+def _old_nmi_ari(pred, true):
+    rows, cols, counts, a, b, K, S = _old_table(pred, true)
+    N = int(a.sum())
+
+    def entropy(sizes):
+        p = sizes[sizes > 0] / N
+        return float(-(p * np.log(p)).sum())
+
+    if K == S == 1:
+        nmi = 1.0
+    else:
+        nz = counts.astype(np.float64)
+        mi = max(float((nz / N * (np.log(nz) + np.log(N) - np.log(a[rows]) - np.log(b[cols]))).sum()), 0.0)
+        nmi = mi / max(0.5 * (entropy(a) + entropy(b)), np.finfo(np.float64).eps)
+    sum_sq = int((counts.astype(np.int64) ** 2).sum())
+    sum_a2, sum_b2 = int((a.astype(np.int64) ** 2).sum()), int((b.astype(np.int64) ** 2).sum())
+    tp, fp, fn = sum_sq - N, sum_a2 - sum_sq, sum_b2 - sum_sq
+    tn = N * N - fp - fn - sum_sq
+    ari = 1.0 if fn == 0 and fp == 0 else 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+    return nmi, ari
+
+
+def test_sklearn_metrics_pin_the_old_numbers():
+    from speechbrain_ssrl.history import _fmt
+
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        n, S, K = int(rng.integers(2, 4000)), int(rng.integers(1, 60)), int(rng.integers(1, 90))
+        true = rng.integers(0, S, n)
+        pred = np.where(rng.random(n) < rng.random(), true % K, rng.integers(0, K, n))
+        if seed % 4 == 0:  # string class names, as in a CSV's spk_id column
+            true = np.array([f"id{t:05d}" for t in true])
+        r = pseudo_label_report(torch.from_numpy(pred), true.tolist())
+        nmi, ari = _old_nmi_ari(pred, true)
+        rows, cols, counts, a, b, K_, S_ = _old_table(pred, true)
+        tab = contingency(pred, true)
+        assert (tab["K"], tab["S"]) == (K_, S_)
+        for key, old in (("rows", rows), ("cols", cols), ("counts", counts), ("row_sums", a), ("col_sums", b)):
+            assert np.array_equal(tab[key], old), (seed, key)
+        assert r["ari"] == ari, seed  # the same integer pair counts and formula: bit-equal
+        assert abs(r["nmi"] - nmi) <= 4e-15, (seed, r["nmi"] - nmi)  # summation order: a few ulps
+        if len(set(pred.tolist())) == 1 or len(set(true.tolist())) == 1:  # exactly 0 unless both are trivial
+            assert r["nmi"] == (1.0 if len(set(pred.tolist())) == len(set(true.tolist())) else 0.0), seed
+            continue  # (the old formula left rounding noise, up to 1e-15, where scikit-learn returns 0)
+        assert _fmt(r["nmi"]) == _fmt(nmi) and _fmt(r["ari"]) == _fmt(ari)  # history.csv's 6 digits
