@@ -35,6 +35,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from speechbrain_ssrl.data.shared_prepare import speechbrain_train_files
 from speechbrain_ssrl.data.trials import (
     TrialListError,
     read_trials,
@@ -351,10 +352,11 @@ def preparation_options(
     min_duration: float = 1.0,
     convert_m4a: bool = False,
     sample_rate: int = 16000,
+    shared_prepare: Optional[str] = None,
 ) -> Dict[str, object]:
     """The arguments a preparation depends on (saved as ``opt_voxceleb_prepare.json``)."""
     trials_path = os.path.abspath(os.fspath(verification_pairs_file))
-    return {
+    opts: Dict[str, object] = {
         "version": _PREP_VERSION,
         "data_folder": split_data_folders(data_folder),
         "verification_pairs_file": trials_path,
@@ -364,6 +366,10 @@ def preparation_options(
         "convert_m4a": bool(convert_m4a),
         "sample_rate": int(sample_rate),
     }
+    if shared_prepare:  # the training list came from SpeechBrain's shared script (data.shared_prepare)
+        path = os.path.abspath(shared_prepare)
+        opts["train_list"] = {"speechbrain_prepare": path, "sha1": _sha1(path)}
+    return opts
 
 
 def preparation_is_current(
@@ -375,6 +381,7 @@ def preparation_is_current(
     skip_prep: bool = False,
     convert_m4a: bool = False,
     sample_rate: int = 16000,
+    shared_prepare: Optional[str] = None,
     **_: object,
 ) -> bool:
     """Whether ``prepare_voxceleb`` with these arguments would leave ``save_folder`` as it is (nothing
@@ -386,7 +393,7 @@ def preparation_is_current(
     if not os.path.isfile(trials_path):
         return False
     save_folder = os.path.abspath(os.fspath(save_folder))
-    opts = preparation_options(data_folder, trials_path, splits, min_duration, convert_m4a, sample_rate)
+    opts = preparation_options(data_folder, trials_path, splits, min_duration, convert_m4a, sample_rate, shared_prepare)
     return _skip_if_done(save_folder, opts, splits, os.path.join(save_folder, os.path.basename(trials_path)))
 
 
@@ -400,6 +407,7 @@ def prepare_voxceleb(
     convert_m4a: bool = False,
     jobs: int = 2,
     sample_rate: int = 16000,
+    shared_prepare: Optional[str] = None,
 ) -> Dict[str, str]:
     """Writes ``train.csv`` / ``test.csv`` (``ID,duration,wav,start,stop,spk_id``) into ``save_folder``.
 
@@ -416,6 +424,9 @@ def prepare_voxceleb(
         convert_m4a: first convert VoxCeleb2 ``aac/**/*.m4a`` to ``wav/`` with ffmpeg.
         jobs: ffmpeg processes for the conversion.
         sample_rate: the only sample rate accepted.
+        shared_prepare: path of SpeechBrain's shared ``recipes/VoxCeleb/voxceleb_prepare.py``: the training
+            files are the rows of the ``train.csv`` it writes (``data.shared_prepare``), then checked and
+            filtered as our own listing is, so ``train.csv`` comes out the same. None: our own listing.
     Returns:
         ``{split: csv path}``. Re-running with the same arguments (and trial list) does nothing.
     Raises:
@@ -445,7 +456,7 @@ def prepare_voxceleb(
             "veri_test2.txt (or <minivox root>/veri_test2.txt for MiniVox)"
         )
     trial_copy = os.path.join(save_folder, os.path.basename(trials_path))
-    opts = preparation_options(roots, trials_path, splits, min_duration, convert_m4a, sample_rate)
+    opts = preparation_options(roots, trials_path, splits, min_duration, convert_m4a, sample_rate, shared_prepare)
     if _skip_if_done(save_folder, opts, splits, trial_copy):
         logger.info("VoxCeleb CSVs in %s are up to date, skipping preparation", save_folder)
         return out
@@ -468,15 +479,20 @@ def prepare_voxceleb(
 
     skipped: List[Tuple[str, str]] = []
     if "train" in splits:
+        if shared_prepare:
+            listed = [(rel, path) for rel, path in speechbrain_train_files(shared_prepare, roots, trials_path, save_folder)
+                      if rel.split("/")[0] not in test_spk]
+            logger.info("training files listed by SpeechBrain's %s", shared_prepare)
+        else:
+            listed = [f for root in roots for f in find_wavs(root, skip_speakers=sorted(test_spk), skipped=skipped)]
         files: List[Tuple[str, str]] = []
         seen: Dict[str, str] = {}
-        for root in roots:
-            for rel, path in find_wavs(root, skip_speakers=sorted(test_spk), skipped=skipped):
-                if rel in seen:
-                    skipped.append((path, f"duplicate of {seen[rel]} (same relative path in an earlier data folder)"))
-                    continue
-                seen[rel] = path
-                files.append((rel, path))
+        for rel, path in listed:
+            if rel in seen:
+                skipped.append((path, f"duplicate of {seen[rel]} (same relative path in an earlier data folder)"))
+                continue
+            seen[rel] = path
+            files.append((rel, path))
         rows: List[List[object]] = []
         for rel, path in tqdm(files, desc="scanning train wavs", unit="file"):
             info, why = check_audio(path, min_duration, sample_rate)

@@ -26,7 +26,7 @@ import speechbrain as sb
 from speechbrain.utils.distributed import ddp_barrier, if_main_process, run_on_main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from voxceleb_prepare import prepare_voxceleb  # noqa: E402
+from voxceleb_prepare import prepare_voxceleb, shared_prepare_for  # noqa: E402
 
 from speechbrain_ssrl import recipe_checks  # noqa: E402
 from speechbrain_ssrl.brains.base import NonFiniteLossError  # noqa: E402
@@ -48,6 +48,7 @@ def prep_kwargs(hparams, save_folder=None):
         "min_duration": hparams.get("min_duration", 1.0),
         "convert_m4a": hparams.get("convert_m4a", False),
         "skip_prep": hparams["skip_prep"],
+        "shared_prepare": shared_prepare_for(hparams.get("voxceleb_prepare", "auto")),
     }
 
 
