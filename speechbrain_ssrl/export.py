@@ -2,13 +2,25 @@
 
 ``export_encoder(model_or_ckpt, out_folder)`` writes::
 
-    out_folder/hyperparams.yaml       inference yaml (template: hparams/inference_ecapa.yaml)
-    out_folder/embedding_model.ckpt   the encoder's state_dict
-    out_folder/ecapa.json             the architecture (ECAPA_TDNN keyword arguments)
-    out_folder/export_info.json       what was exported from where (marks the folder as ours)
+    out_folder/hyperparams.yaml        inference yaml (template: hparams/inference_ecapa.yaml)
+    out_folder/embedding_model.ckpt    the encoder's state_dict
+    out_folder/mean_var_norm_emb.ckpt  statistics of ``encode_batch(normalize=True)`` (see below)
+    out_folder/ecapa.json              the architecture (ECAPA_TDNN keyword arguments)
+    out_folder/export_info.json        what was exported from where (marks the folder as ours)
 
-so that ``EncoderClassifier.from_hparams(source=<absolute out_folder>).encode_batch(wavs, lens)``
-returns the in-training embedding ``ecapa(InputNormalization(sentence)(Fbank(wavs), lens), lens)``.
+so that ``EncoderClassifier.from_hparams(source=out_folder).encode_batch(wavs, lens)`` returns the
+in-training embedding ``ecapa(InputNormalization(sentence)(Fbank(wavs), lens), lens)``, and
+``SpeakerRecognition.verify_batch`` / ``verify_files`` score it with the cosine similarity.
+
+``encode_batch(..., normalize=True)`` applies ``mean_var_norm_emb``, SpeechBrain's ``InputNormalization``
+(``norm_type: global``, ``std_norm: False``: it subtracts a stored mean) with the statistics in
+``mean_var_norm_emb.ckpt``, written by its own saver and loaded by the pretrainer. By default they are the
+identity (mean 0, ``count`` 0: ``normalize=True`` returns the embeddings unchanged); with
+``export_encoder(..., embedding_stats=E)`` they are the mean of the embeddings ``E`` (N, D), e.g. the
+training set's. Folders exported before this file existed have no ``mean_var_norm_emb`` (normalize=True
+raises AttributeError there) and still load and verify. There is no speaker classifier (the encoder is
+trained without speaker labels), so ``classify_batch`` / ``classify_file`` are not supported; see
+``speechbrain_ssrl.inference`` for a loader that resolves relative paths and never downloads.
 
 SpeechBrain's parameter transfer only *warns* about missing or unexpected keys, so the export
 verifies them itself: it builds the model from the written yaml, loads the written weights with
@@ -34,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE_NAME = "inference_ecapa.yaml"
 #: files an export writes (a folder holding only these, and export_info.json, is a previous export)
-EXPORT_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "ecapa.json", "export_info.json")
+EMB_NORM_FILE = "mean_var_norm_emb.ckpt"
+EXPORT_FILES = ("hyperparams.yaml", "embedding_model.ckpt", EMB_NORM_FILE, "ecapa.json", "export_info.json")
 #: checkpoint files of a SpeechBrain ``CKPT+...`` folder that may hold the encoder, best first
 CKPT_CANDIDATES = ("teacher.ckpt", "teacher_model.ckpt", "teacher_encoder.ckpt", "embedding_model.ckpt")
 #: ``ECAPA_TDNN`` arguments that the recipe yamls set under the same name (``input_size`` and
@@ -505,6 +518,63 @@ def _extra_items(extra_files) -> Dict[str, str]:
     return items
 
 
+def embedding_norm(dim: int, embeddings=None, source_file: Optional[str] = None):
+    """The export's ``mean_var_norm_emb``: SpeechBrain's ``InputNormalization`` (global, mean only) holding
+    the mean of ``embeddings`` (N, D) or (N, 1, D), computed by its own running update; else the statistics
+    in ``source_file`` (a previous export's ``mean_var_norm_emb.ckpt``); else the identity (mean 0, count 0)."""
+    from speechbrain.processing.features import InputNormalization
+
+    norm = InputNormalization(norm_type="global", std_norm=False)
+    if embeddings is not None:
+        e = torch.as_tensor(embeddings).detach().float().cpu()
+        if e.dim() == 3 and e.shape[1] == 1:
+            e = e[:, 0]
+        if e.dim() != 2 or e.shape[1] != int(dim) or e.shape[0] < 1:
+            raise ExportError(f"embedding_stats must be (N, {dim}) or (N, 1, {dim}) embeddings with N >= 1, got {tuple(e.shape)}")
+        if not torch.isfinite(e).all():
+            raise ExportError("embedding_stats holds non-finite values")
+        norm.train()
+        with torch.no_grad():
+            for chunk in e.split(65536):
+                norm(chunk.unsqueeze(1), torch.ones(chunk.shape[0]))
+        norm.eval()
+        return norm
+    if source_file is not None:
+        stats = _read_norm_stats(source_file, dim)
+        norm.count, norm.glob_mean, norm.glob_std = stats["count"], stats["glob_mean"], stats["glob_std"]
+        return norm
+    norm.count, norm.glob_mean, norm.glob_std = 0, torch.zeros(int(dim)), torch.ones(int(dim))
+    return norm
+
+
+def _read_norm_stats(path: str, dim: int) -> Dict[str, Any]:
+    """``mean_var_norm_emb.ckpt`` (InputNormalization's saved dict), checked: ``glob_mean`` (dim,) finite."""
+    try:
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable or not a torch file
+        raise ExportError(f"cannot read {path}: {e}") from None
+    ok = isinstance(stats, Mapping) and all(k in stats for k in ("count", "glob_mean", "glob_std"))
+    mean = stats.get("glob_mean") if ok else None
+    if not ok or not isinstance(mean, torch.Tensor) or tuple(mean.shape) != (int(dim),) or not torch.isfinite(mean).all():
+        raise ExportError(
+            f"{path} does not hold InputNormalization statistics of {dim}-d embeddings "
+            "(count, glob_mean of shape (lin_neurons,), glob_std)"
+        )
+    return dict(stats)
+
+
+def _source_norm_file(model_or_ckpt) -> Optional[str]:
+    """A previous export's ``mean_var_norm_emb.ckpt`` when the source is such a folder (kept on re-export)."""
+    if isinstance(model_or_ckpt, (torch.nn.Module, Mapping)):
+        return None
+    try:
+        kind, path = resolve_model_source(os.fspath(model_or_ckpt))
+    except (OSError, ExportError):
+        return None
+    f = os.path.join(path, EMB_NORM_FILE)
+    return f if kind == "export" and os.path.isfile(f) else None
+
+
 def export_encoder(
     model_or_ckpt,
     out_folder,
@@ -513,6 +583,7 @@ def export_encoder(
     n_mels: int = 80,
     overwrite: bool = False,
     extra_files=None,
+    embedding_stats=None,
 ) -> str:
     """Writes an ``EncoderClassifier``-loadable folder for an ECAPA-TDNN encoder.
 
@@ -531,12 +602,16 @@ def export_encoder(
             folders above) or from the training ``hyperparams.yaml`` above ``save/``.
         n_mels: filterbank channels of the front end (= ECAPA input_size).
         extra_files: paths (or a mapping name -> path) copied into the folder (e.g. results.json).
+        embedding_stats: embeddings (N, D) or (N, 1, D) whose mean ``encode_batch(normalize=True)``
+            subtracts (``mean_var_norm_emb.ckpt``). None: the statistics of the source when it is an
+            export that has them, else the identity (mean 0).
     Returns:
         the absolute export folder.
     """
     out = os.path.abspath(os.fspath(out_folder))
     model, kw, src_desc = load_encoder(model_or_ckpt, ecapa_kwargs, n_mels)
     n_mels = int(kw["input_size"])
+    emb_norm = embedding_norm(kw["lin_neurons"], embedding_stats, _source_norm_file(model_or_ckpt))
     extras = _extra_items(extra_files)
     if not isinstance(model_or_ckpt, (torch.nn.Module, Mapping)):
         src = os.path.abspath(os.fspath(model_or_ckpt))
@@ -548,6 +623,7 @@ def export_encoder(
     with open(os.path.join(out, "hyperparams.yaml"), "w", encoding="utf-8") as f:
         f.write(yaml_text)
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(out, "embedding_model.ckpt"))
+    emb_norm._save(os.path.join(out, EMB_NORM_FILE))  # SpeechBrain's own saver; its loader reads it back
     with open(os.path.join(out, "ecapa.json"), "w", encoding="utf-8") as f:
         json.dump(kw, f, indent=1)
     for name, src in extras.items():
@@ -559,6 +635,7 @@ def export_encoder(
         "n_mels": n_mels,
         "ecapa_kwargs": kw,
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "mean_var_norm_emb": "identity (mean 0)" if emb_norm.count == 0 else f"mean of {emb_norm.count} embeddings",
         "files": list(EXPORT_FILES) + sorted(extras),
     }
     with open(os.path.join(out, "export_info.json"), "w", encoding="utf-8") as f:
@@ -571,7 +648,8 @@ def export_encoder(
 def verify_export(folder: str) -> torch.nn.Module:
     """Checks an export folder without executing its hyperparams.yaml: the yaml (read as data) declares the
     keys ``EncoderClassifier`` needs and an ECAPA_TDNN ``embedding_model``, and ``embedding_model.ckpt``
-    loads strictly into the architecture it declares.
+    loads strictly into the architecture it declares; a declared ``mean_var_norm_emb`` needs a
+    ``mean_var_norm_emb.ckpt`` of the embedding size (folders exported before it existed declare none).
 
     Raises :class:`ExportError` naming the missing/unexpected keys and the file on a mismatch.
     Returns the loaded encoder (built from the declared architecture).
@@ -594,6 +672,11 @@ def verify_export(folder: str) -> torch.nn.Module:
     model = build_ecapa(normalize_ecapa_kwargs(kw, n_mels))
     ckpt = os.path.join(folder, "embedding_model.ckpt")
     _strict_load(model, _load_ckpt(ckpt), ckpt)
+    if "mean_var_norm_emb" in doc:
+        norm_file = os.path.join(folder, EMB_NORM_FILE)
+        if not os.path.isfile(norm_file):
+            raise ExportError(f"{path} declares mean_var_norm_emb but {norm_file} does not exist")
+        _read_norm_stats(norm_file, int(kw["lin_neurons"]))
     return model.eval()
 
 
@@ -607,7 +690,8 @@ def load_embed_fn(model_path, device: str = "cpu", savedir: Optional[str] = None
     ``embed_fn(wavs (B, T), lens (B,)) -> (B, D)`` (not normalised).
     """
     from speechbrain.inference.speaker import EncoderClassifier
-    from speechbrain.utils.fetching import FetchConfig, LocalStrategy
+
+    from speechbrain_ssrl.inference import load_pretrained
 
     kind, path = resolve_model_source(os.fspath(model_path))
     if kind == "export":
@@ -618,17 +702,9 @@ def load_embed_fn(model_path, device: str = "cpu", savedir: Optional[str] = None
 
         folder = os.path.join(savedir or tempfile.mkdtemp(prefix="ssrl_export_"), "exported_model")
         export_encoder(path, folder, ecapa_kwargs=ecapa_kwargs, overwrite=True)
-    # the one execution of the folder's hyperparams.yaml (SpeechBrain's): a model folder is code
-    clf = EncoderClassifier.from_hparams(
-        source=os.path.abspath(folder),
-        savedir=None,
-        run_opts={"device": device},
-        local_strategy=LocalStrategy.NO_LINK,
-        fetch_config=FetchConfig(allow_network=False),
-    )
-    ckpt = os.path.join(folder, "embedding_model.ckpt")  # every weight loaded (the pretrainer is not strict)
-    _strict_load(clf.mods.embedding_model, _load_ckpt(ckpt), ckpt)
-    clf.mods.embedding_model.to(device)
+    # the one execution of the folder's hyperparams.yaml (SpeechBrain's): a model folder is code; offline,
+    # every weight of embedding_model.ckpt checked as loaded
+    clf = load_pretrained(folder, interface=EncoderClassifier, device=device)
 
     def embed_fn(wavs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         emb = clf.encode_batch(wavs.to(device), lens.to(device))

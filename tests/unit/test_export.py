@@ -62,7 +62,9 @@ def test_template_shipped_with_package():
 def test_round_trip_module(tmp_path):
     teacher = _trained_like()
     out = export_encoder(teacher, tmp_path / "pretrained")
-    assert sorted(os.listdir(out)) == ["ecapa.json", "embedding_model.ckpt", "export_info.json", "hyperparams.yaml"]
+    assert sorted(os.listdir(out)) == [
+        "ecapa.json", "embedding_model.ckpt", "export_info.json", "hyperparams.yaml", "mean_var_norm_emb.ckpt"
+    ]
     wavs, lens = _audio()
     ref = _training_embedding(teacher, wavs, lens)
     got = _encoder_classifier_embedding(out, tmp_path / "cache", wavs, lens)
@@ -152,3 +154,139 @@ def test_existing_folder(tmp_path):
     torch.save(ECAPA_TDNN(**{**SMALL, "lin_neurons": 8}).state_dict(), os.path.join(out, "embedding_model.ckpt"))
     with pytest.raises(ExportError, match="embedding_model.ckpt"):
         verify_export(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# what EncoderClassifier / SpeakerRecognition users call (issue 14): a round trip through each call
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def no_download(monkeypatch):
+    """Any download SpeechBrain would start (HuggingFace or URL) fails the test."""
+    from speechbrain.utils import fetching
+
+    def refuse(*a, **k):
+        raise AssertionError(f"a download was attempted: {a} {k}")
+
+    monkeypatch.setattr(fetching, "download_file_hf", refuse)
+    monkeypatch.setattr(fetching, "download_file", refuse)
+
+
+def _write_wavs(folder):
+    import soundfile as sf
+
+    wavs, _ = _audio()
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, n in enumerate((24000, 18000)):
+        paths.append(os.path.join(folder, f"utt{i}.wav"))
+        sf.write(paths[-1], wavs[i, :n].numpy(), 16000, subtype="FLOAT")
+    stereo = os.path.join(folder, "stereo_8k.wav")
+    x = wavs[0, ::2].numpy()
+    sf.write(stereo, torch.stack([torch.from_numpy(x), 0.5 * torch.from_numpy(x)], 1).numpy(), 8000, subtype="FLOAT")
+    return paths, stereo
+
+
+def test_speechbrain_interfaces_round_trip(tmp_path, monkeypatch, no_download):
+    """encode_batch(normalize False / True), load_audio, encode_file, verify_files, classify_*: an export of
+    a small random model loaded from a relative local folder, SpeechBrain's classes and ours."""
+    from speechbrain.inference.speaker import EncoderClassifier, SpeakerRecognition
+
+    from speechbrain_ssrl.inference import SSRLSpeakerEncoder, load_pretrained
+
+    teacher = _trained_like()
+    export_encoder(teacher, tmp_path / "models" / "pretrained")
+    (utt0, utt1), stereo = _write_wavs(tmp_path / "audio")
+    wavs, lens = _audio()
+    ref = _training_embedding(teacher, wavs, lens)
+    monkeypatch.chdir(tmp_path)
+
+    # SpeechBrain's own class, a relative source that exists from the current directory
+    enc = EncoderClassifier.from_hparams(source="models/pretrained")
+    assert float((enc.encode_batch(wavs, lens) - ref).abs().max()) < 1e-5
+    assert float((enc.encode_batch(wavs, lens, normalize=True) - ref).abs().max()) < 1e-5  # identity statistics
+    wav0 = enc.load_audio("audio/utt0.wav")
+    assert wav0.shape == (24000,) and float((wav0 - wavs[0]).abs().max()) < 1e-6
+    mixed = enc.load_audio("audio/stereo_8k.wav")  # 8 kHz stereo -> 16 kHz mono
+    assert mixed.dim() == 1 and abs(mixed.shape[0] - 24000) <= 2
+    e0 = enc.encode_batch(wav0.unsqueeze(0))[0, 0]
+    with pytest.raises(AttributeError, match="classifier"):  # documented: no speaker classifier
+        enc.classify_batch(wavs, lens)
+
+    # SpeakerRecognition.verify_files: the cosine of the two embeddings, threshold 0.25
+    ver = SpeakerRecognition.from_hparams(source=os.path.abspath("models/pretrained"))
+    e1 = ver.encode_batch(ver.load_audio("audio/utt1.wav").unsqueeze(0))[0, 0]
+    score, decision = ver.verify_files("audio/utt0.wav", "audio/utt1.wav")
+    cos = torch.nn.functional.cosine_similarity(e0, e1, dim=-1, eps=1e-6)
+    assert abs(float(score) - float(cos)) < 1e-5 and bool(decision) == (float(cos) > 0.25)
+    e1_ref = _training_embedding(teacher, wavs[1:2, :18000], torch.ones(1))[0, 0]
+    assert float((e1 - e1_ref).abs().max()) < 1e-5
+
+    # our loader: a relative path SpeechBrain would take for a HuggingFace id ("missing/.." does not exist)
+    ours = load_pretrained("missing/../models/pretrained")
+    assert isinstance(ours, SSRLSpeakerEncoder) and isinstance(ours, EncoderClassifier)
+    assert float((ours.encode_file("audio/utt0.wav") - e0).abs().max()) < 1e-5
+    assert ours.encode_file("audio/stereo_8k.wav", normalize=True).shape == (1, 1, 16)
+    assert float((ours(wavs, lens) - ref).abs().max()) < 1e-5
+    assert abs(float(ours.verify_files(utt0, utt1)[0]) - float(cos)) < 1e-5
+    for call in (lambda: ours.classify_batch(wavs, lens), lambda: ours.classify_file(utt0)):
+        with pytest.raises(NotImplementedError, match="trained without speaker labels"):
+            call()
+    with pytest.raises(FileNotFoundError, match=r"model folder .*/models/missing does not exist.*HuggingFace"):
+        load_pretrained("models/missing")
+    with pytest.raises(FileNotFoundError, match="holds no hyperparams.yaml"):
+        load_pretrained("audio")
+    # an interface of the caller's choice, e.g. SpeechBrain's own
+    assert type(load_pretrained(tmp_path / "models" / "pretrained", interface=SpeakerRecognition)) is SpeakerRecognition
+
+
+def test_normalize_with_embedding_stats(tmp_path, no_download):
+    """export_encoder(embedding_stats=E): encode_batch(normalize=True) subtracts E's mean; a re-export of that
+    folder keeps the statistics; a wrong shape is refused before anything is written."""
+    from speechbrain_ssrl.inference import load_pretrained
+
+    teacher = _trained_like()
+    stats = torch.randn(300, 1, 16, generator=torch.Generator().manual_seed(3)) + 2.0
+    out = export_encoder(teacher, tmp_path / "pretrained", embedding_stats=stats)
+    assert json.load(open(os.path.join(out, "export_info.json")))["mean_var_norm_emb"] == "mean of 300 embeddings"
+    wavs, lens = _audio()
+    enc = load_pretrained(out)
+    raw, normed = enc.encode_batch(wavs, lens), enc.encode_batch(wavs, lens, normalize=True)
+    assert float((normed - (raw - stats.mean(0))).abs().max()) < 1e-5
+    assert float((enc.encode_batch(wavs, lens, normalize=True) - normed).abs().max()) == 0  # frozen statistics
+    again = export_encoder(out, tmp_path / "copy")
+    assert float((load_pretrained(again).encode_batch(wavs, lens, normalize=True) - normed).abs().max()) < 1e-6
+    with pytest.raises(ExportError, match=r"embedding_stats must be \(N, 16\)"):
+        export_encoder(teacher, tmp_path / "bad", embedding_stats=torch.randn(10, 8))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_exports_without_embedding_norm_still_load(tmp_path):
+    """A folder exported before mean_var_norm_emb existed verifies and loads (evaluate.py, run_experiments);
+    a yaml that declares it without its file is named."""
+    import re
+
+    teacher = _trained_like()
+    out = export_encoder(teacher, tmp_path / "old")
+    path = os.path.join(out, "hyperparams.yaml")
+    text = open(path, encoding="utf-8").read()
+    text = re.sub(r"\nmean_var_norm_emb: !new:[^\n]*\n(    [^\n]*\n)+", "\n", text)
+    text = re.sub(r"\n +mean_var_norm_emb: !ref <mean_var_norm_emb>", "", text)
+    from ruamel.yaml import YAML
+
+    doc = YAML(typ="rt").load(text)
+    assert "mean_var_norm_emb" not in doc and "mean_var_norm_emb" not in doc["modules"]
+    assert list(doc["pretrainer"]["loadables"]) == ["embedding_model"]
+    open(path, "w", encoding="utf-8").write(text)
+    os.remove(os.path.join(out, "mean_var_norm_emb.ckpt"))
+    verify_export(out)
+    fn, _ = load_embed_fn(out)
+    wavs, lens = _audio()
+    assert float((fn(wavs, lens) - _training_embedding(teacher, wavs, lens)[:, 0]).abs().max()) < 1e-5
+
+    out2 = export_encoder(teacher, tmp_path / "new")
+    os.remove(os.path.join(out2, "mean_var_norm_emb.ckpt"))
+    with pytest.raises(ExportError, match="declares mean_var_norm_emb but .*mean_var_norm_emb.ckpt does not exist"):
+        verify_export(out2)
+    torch.save({"count": 3, "glob_mean": torch.zeros(8), "glob_std": torch.ones(8)}, os.path.join(out2, "mean_var_norm_emb.ckpt"))
+    with pytest.raises(ExportError, match="statistics of 16-d embeddings"):
+        verify_export(out2)
