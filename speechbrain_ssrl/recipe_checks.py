@@ -11,6 +11,8 @@
   another architecture, exported untrained, or a training folder with no trained epoch) is refused; on
   a resume (a checkpoint exists in ``save_folder``) the architecture keys, ``K0`` and ``queue_length``
   must equal those saved in ``save_folder/run_settings.json`` at the first start, or the run is refused;
+  ``check_data_paths``: a ``verification_file`` (when the VoxCeleb preparation needs it) or a
+  ``noise_folder`` / ``rir_folder`` (when its CSV key is set) that does not exist is refused, naming the key;
 * on the prepared training CSV (``train.py`` prepares into a staging folder first),
   ``check_training_data(hparams, csv_path, write=False)``: ``K0`` or ``batch_size`` larger than the
   number of training utterances is refused; on a resume, the number of utterances N and a digest of the
@@ -370,8 +372,44 @@ def compare_settings(saved: Mapping[str, Any], now: Mapping[str, Any], save_fold
     )
 
 
+def check_data_paths(hparams: Mapping[str, Any]) -> None:
+    """The trial list and the augmentation folders a run reads exist, or the run is refused naming the key.
+
+    Checked only where the key is set and used: ``verification_file`` by the VoxCeleb preparation (not with
+    ``skip_prep``), ``noise_folder`` / ``rir_folder`` when ``noise_csv`` / ``rir_csv`` is set. Left to the
+    preparation (which names it) when a data folder itself is missing. The recipe yamls' defaults look for
+    each name in every data folder (``data.trials.in_data_folders``)."""
+    from speechbrain_ssrl.data.trials import split_data_folders
+
+    try:
+        roots = split_data_folders(hparams["data_folder"]) if hparams.get("data_folder") else []
+    except ValueError:
+        roots = []
+    if not roots or not all(os.path.isdir(r) for r in roots):
+        return
+    needed = []
+    if "verification_file" in hparams and not hparams.get("skip_prep") and hparams.get("data_format", "voxceleb") == "voxceleb":
+        needed.append(("verification_file", "file", "veri_test2.txt", "a trial list in veri_test2.txt format"))
+    for key, csv_key, name, what in (
+        ("noise_folder", "noise_csv", "noise", "a folder of noise wavs, e.g. MUSAN"),
+        ("rir_folder", "rir_csv", "rir", "a folder of room impulse responses, e.g. RIRS_NOISES/simulated_rirs"),
+    ):
+        if key in hparams and hparams.get(csv_key):
+            needed.append((key, "folder", name, what))
+    for key, kind, name, what in needed:
+        path = hparams.get(key)
+        found = bool(path) and (os.path.isfile if kind == "file" else os.path.isdir)(os.fspath(path))
+        if not found:
+            raise RefusedError(
+                f"--{key}={path}: no such {kind}. The recipe's default is {name} in the first data folder (or its "
+                f"meta/) that has it: none of {', '.join(roots)} has one. Fix: pass --{key}=<{what}>."
+            )
+
+
 def check_before_start(hparams: Mapping[str, Any]) -> None:
-    """Refusals that need no data: an unusable ``dino_folder``, a resume with another architecture / K0."""
+    """Refusals that need no data: a missing trial list or augmentation folder, an unusable ``dino_folder``,
+    a resume with another architecture / K0."""
+    check_data_paths(hparams)
     saved = saved_settings(hparams["save_folder"])
     if saved is not None:
         compare_settings(saved, model_settings(hparams), hparams["save_folder"], model_only=True)

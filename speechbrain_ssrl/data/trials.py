@@ -20,6 +20,7 @@ __all__ = [
     "trial_speakers",
     "trial_files",
     "split_data_folders",
+    "in_data_folders",
     "resolve_trial_paths",
 ]
 
@@ -153,6 +154,29 @@ def split_data_folders(data_folders: Union[PathLike, Sequence[PathLike]]) -> Lis
     if not roots:
         raise ValueError("no data folder given: pass a corpus root (or several, comma-separated)")
     return roots
+
+
+def in_data_folders(data_folders: Union[PathLike, Sequence[PathLike]], name: PathLike, subfolders: Sequence[str] = ("", "meta")) -> str:
+    """Where ``name`` (a file or folder) is in the data folder(s): the first ``<root>/<sub>/<name>`` that
+    exists, roots in the order given and, in each root, ``subfolders`` in order (default: the root itself,
+    then its ``meta/``); when none has it, ``<first root>/<name>`` (what ``<data_folder>/<name>`` gave for a
+    single root, so that the consumer names the missing path). An absolute ``name`` is returned as it is.
+
+    For recipe yaml defaults that also work with several comma-separated roots, where
+    ``!ref <data_folder>/veri_test2.txt`` would give ``/a,/b/veri_test2.txt``::
+
+        verification_file: !apply:speechbrain_ssrl.data.trials.in_data_folders [!ref <data_folder>, veri_test2.txt]
+    """
+    name = os.fspath(name)
+    if os.path.isabs(name):
+        return name
+    roots = split_data_folders(data_folders)
+    for root in roots:
+        for sub in subfolders:
+            cand = os.path.join(root, sub, name) if sub else os.path.join(root, name)
+            if os.path.exists(cand):
+                return cand
+    return os.path.join(roots[0], name)
 
 
 def resolve_trial_paths(

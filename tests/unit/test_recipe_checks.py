@@ -131,3 +131,22 @@ def test_batch_size_larger_than_n_is_refused(tmp_path):
         rc.check_training_data(_hparams(tmp_path, n=10, batch_size=11))
     with pytest.raises(rc.RefusedError, match=r"larger than the 5 training utterances shared by 2 processes"):
         rc.check_batch_size(6, 10, "train.csv", world_size=2)
+
+
+def test_missing_trial_list_or_augmentation_folder_is_refused_naming_the_key(tmp_path):
+    a, b = tmp_path / "vox2", tmp_path / "vox1"
+    for d in (a / "noise", b / "rir"):
+        d.mkdir(parents=True)
+    (b / "veri_test2.txt").write_text("")
+    h = {"data_folder": f"{a},{b}", "save_folder": str(tmp_path / "out" / "save"), "verification_file": str(b / "veri_test2.txt"),
+         "noise_folder": str(a / "noise"), "rir_folder": str(b / "rir"), "noise_csv": "n.csv", "rir_csv": "r.csv"}
+    rc.check_data_paths(h)
+    rc.check_before_start(h)
+    missing = str(a / "veri_test2.txt")
+    with pytest.raises(rc.RefusedError, match=rf"--verification_file={missing}: no such file\. .*none of {a}, {b} .*Fix: pass --verification_file="):
+        rc.check_before_start({**h, "verification_file": missing})
+    rc.check_data_paths({**h, "verification_file": missing, "skip_prep": True})  # not read then
+    with pytest.raises(rc.RefusedError, match=r"--rir_folder=.*/vox2/rir: no such folder.*Fix: pass --rir_folder=<a folder of room"):
+        rc.check_data_paths({**h, "rir_folder": str(a / "rir")})
+    rc.check_data_paths({**h, "rir_folder": str(a / "rir"), "rir_csv": None})  # augmentation without RIRs: not read
+    rc.check_data_paths({**h, "data_folder": f"{a},{tmp_path / 'absent'}", "verification_file": missing})  # the preparation names the root

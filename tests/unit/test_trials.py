@@ -112,3 +112,27 @@ def test_a_list_that_is_not_utf8_is_named_by_read_trials_itself(tmp_path):
     bad.write_bytes(b"1 id1/a/1.wav id1/b/2.wav\n\xff\xfe 0 x y\n")
     with pytest.raises(TrialListError, match="not UTF-8 text"):
         read_trials(str(bad))
+
+
+def test_in_data_folders_finds_a_name_in_any_root(tmp_path):
+    """The recipe yamls' defaults of verification_file / noise_folder / rir_folder with several roots."""
+    from speechbrain_ssrl.data.trials import in_data_folders
+
+    a, b = tmp_path / "vox2", tmp_path / "vox1"
+    (a / "noise").mkdir(parents=True)
+    (b / "meta").mkdir(parents=True)
+    (b / "meta" / "veri_test2.txt").write_text("1 x/y/1.wav x/z/2.wav\n")
+    (b / "rir").mkdir()
+    (b / "noise").mkdir()
+    roots = f"{a}, {b}"
+    assert in_data_folders(roots, "veri_test2.txt") == str(b / "meta" / "veri_test2.txt")
+    assert in_data_folders(roots, "noise") == str(a / "noise")  # the first root that has it
+    assert in_data_folders([str(b), str(a)], "noise") == str(b / "noise")
+    assert in_data_folders(roots, "rir") == str(b / "rir")
+    (b / "veri_test2.txt").write_text("")
+    assert in_data_folders(roots, "veri_test2.txt") == str(b / "veri_test2.txt")  # the root before its meta/
+    # nowhere: the name under the first root, as <data_folder>/<name> gave for one root (the consumer names it)
+    assert in_data_folders(roots, "list_test_hard2.txt") == str(a / "list_test_hard2.txt")
+    assert in_data_folders(roots, "/elsewhere/musan") == "/elsewhere/musan"
+    with pytest.raises(ValueError, match="no data folder given"):
+        in_data_folders(" , ", "noise")
