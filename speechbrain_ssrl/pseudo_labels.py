@@ -17,14 +17,12 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from speechbrain.utils.distributed import is_distributed_initialized as _dist
+
 from speechbrain_ssrl.state import StateRecoverable
 
 from speechbrain_ssrl.label_queue import PseudoLabelQueue, changed_fraction
 from speechbrain_ssrl.noisy_labels import NoisyLabelModel
-
-
-def _dist() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def all_gather_cat(t: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import torch
 
 import speechbrain as sb
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_all_reduce, if_main_process, is_distributed_initialized
 
 from speechbrain_ssrl.bn_recalibration import recalibrate_bn
 from speechbrain_ssrl.checkpoints import RNGState
@@ -36,12 +36,6 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row (``max_nonfinite_in_a_row``): training stopped."""
-
-
-def ddp_world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
 
 
 class SSLBrainBase(sb.Brain):
@@ -141,7 +135,14 @@ class SSLBrainBase(sb.Brain):
     def fit_batch(self, batch):
         """``Brain.fit_batch`` that skips a batch with a non-finite loss: no backward, no optimiser step, no
         ``on_fit_batch_end`` (EMA / centre updates) and no pseudo-label record; ``max_nonfinite_in_a_row``
-        (hparams, default 5) such batches in a row stop the run with ``NonFiniteLossError``."""
+        (hparams, default 5) such batches in a row stop the run with ``NonFiniteLossError``.
+
+        Why not SpeechBrain's ``--nonfinite_patience`` (``Brain.check_loss_isfinite``, #14): it counts the
+        epoch's non-finite losses in total (not in a row), on each rank alone, and only after the batch went
+        on: ``backward``, the optimiser step and ``on_fit_batch_end`` still run, so one NaN batch would move
+        the EMA teacher, the DINO centre and the pseudo-label records. Here the batch is skipped on every
+        rank together (``_loss_finite_everywhere``) before any of that. ``--skip_nonfinite_grads`` (finite
+        loss, non-finite gradients) is SpeechBrain's and is kept in ``optimizers_step``."""
         for rng in self._rng_states():  # state of an intra-epoch checkpoint: due at the next batch
             rng.apply_pending("batch")
         should_step = (self.step % self.grad_accumulation_factor) == 0
@@ -169,7 +170,7 @@ class SSLBrainBase(sb.Brain):
     def _loss_finite_everywhere(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every DDP rank (all ranks skip together, or none)."""
         bad = not bool(torch.isfinite(loss.detach()).all())
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed_initialized():
             flag = torch.tensor([1.0 if bad else 0.0], device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             bad = bool(flag.item() > 0)
@@ -227,14 +228,15 @@ class SSLBrainBase(sb.Brain):
         them by EMA (or its own train-mode statistics) would drift apart between ranks; averaging
         after every EMA step keeps every rank's teacher identical.
         """
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not is_distributed_initialized():
             return
         world = torch.distributed.get_world_size()
         bufs = [b for b in module.buffers() if b.is_floating_point()]
         if not bufs:
             return
         flat = torch.cat([b.reshape(-1) for b in bufs])
-        torch.distributed.all_reduce(flat)
+        # a sum then a division: ReduceOp.AVG exists on NCCL only (gloo refuses it)
+        ddp_all_reduce(flat, torch.distributed.ReduceOp.SUM)
         flat /= world
         i = 0
         for b in bufs:
