@@ -32,6 +32,7 @@ from speechbrain_ssrl import recipe_checks  # noqa: E402
 from speechbrain_ssrl.brains.base import NonFiniteLossError  # noqa: E402
 from speechbrain_ssrl.checkpoints import CheckpointSaveError  # noqa: E402
 from speechbrain_ssrl.data import views  # noqa: E402
+from speechbrain_ssrl.data import folder as folder_data  # noqa: E402
 from speechbrain_ssrl.data.augment_data import make_augment_csv  # noqa: E402
 from speechbrain_ssrl.data.voxceleb import OPT_FILE, SKIPPED_FILE, preparation_is_current  # noqa: E402
 
@@ -60,18 +61,54 @@ def staging_folder(hparams) -> str:
     return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.prep-{key}")
 
 
+def folder_prep_kwargs(hparams, save_folder=None):
+    """The arguments of ``prepare_folder`` (``data_format: folder`` or ``csv``; speechbrain_ssrl/data/folder.py).
+    Optional yaml keys: ``segment_min_seconds`` / ``segment_max_seconds`` (2 / 12), ``audio_cache_folder``
+    (converted audio and the journal of prepared files; default ``folder.default_cache_folder``), ``prep_jobs``
+    (worker processes; default all CPUs). The output, noise and RIR folders are not scanned."""
+    return {
+        "data_folder": hparams["data_folder"],
+        "save_folder": save_folder or hparams["save_folder"],
+        "data_format": hparams["data_format"],
+        "sample_rate": hparams.get("sample_rate", 16000),
+        "cfg": folder_data.SegmentConfig(
+            min_seconds=float(hparams.get("segment_min_seconds", 2.0)),
+            max_seconds=float(hparams.get("segment_max_seconds", 12.0)),
+        ),
+        "cache_folder": hparams.get("audio_cache_folder"),
+        "exclude": [hparams["output_folder"], hparams.get("noise_folder"), hparams.get("rir_folder")],
+        "jobs": hparams.get("prep_jobs"),
+        "skip_prep": hparams["skip_prep"],
+    }
+
+
+def data_preparation(hparams):
+    """(prepare, is_current, kwargs) for the yaml's ``data_format``: ``voxceleb`` (the default: VoxCeleb
+    layout and trial list), ``folder`` (any folder of recordings) or ``csv`` (a CSV ``ID,wav[,start,stop]``)."""
+    fmt = hparams.get("data_format", "voxceleb")
+    if fmt == "voxceleb":
+        return prepare_voxceleb, preparation_is_current, prep_kwargs
+    if fmt in ("folder", "csv"):
+        return folder_data.prepare_folder, folder_data.folder_preparation_is_current, folder_prep_kwargs
+    raise recipe_checks.RefusedError(
+        f"--data_format={fmt}: not a data format. Fix: pass voxceleb (wav/<speaker>/<video>/<n>.wav), folder "
+        "(any folder of recordings) or csv (a CSV of ID,wav[,start,stop])"
+    )
+
+
 def prepare_and_check_data(hparams):
     """The data preparation and its checks (K0 and batch_size against N; on a resume, the same training
     CSV), before anything is written into the output folder. Returns the staging folder holding a new
     preparation to adopt (``adopt_preparation``), or None when the run's preparation is current."""
-    if preparation_is_current(**prep_kwargs(hparams)):
+    prepare, is_current, kwargs_of = data_preparation(hparams)
+    if is_current(**kwargs_of(hparams)):
         recipe_checks.check_training_data(hparams, write=False)
         return None
     staging = staging_folder(hparams)
     if if_main_process() and os.path.isdir(staging):
         shutil.rmtree(staging)
     try:
-        run_on_main(prepare_voxceleb, kwargs=prep_kwargs(hparams, staging))
+        run_on_main(prepare, kwargs=kwargs_of(hparams, staging))
         recipe_checks.check_training_data(hparams, csv_path=os.path.join(staging, "train.csv"), write=False)
     except BaseException:  # a refusal, or a preparation that failed (e.g. bad test files): nothing stays behind
         if if_main_process():
@@ -84,12 +121,17 @@ def adopt_preparation(staging, save_folder) -> None:
     """Moves a checked preparation into the run's ``save_folder`` (its options file last: it marks it complete)."""
     if if_main_process():
         os.makedirs(save_folder, exist_ok=True)
-        names = sorted(os.listdir(staging), key=lambda n: n == OPT_FILE)
+        names = sorted(os.listdir(staging), key=lambda n: n in (OPT_FILE, folder_data.OPT_FILE))
         for name in names:
             shutil.move(os.path.join(staging, name), os.path.join(save_folder, name))
         shutil.rmtree(staging, ignore_errors=True)
         skipped = os.path.join(save_folder, SKIPPED_FILE)
         n = sum(1 for _ in open(skipped, encoding="utf-8")) if os.path.isfile(skipped) else 0
+        summary = os.path.join(save_folder, folder_data.LOG_FILE)  # data_format folder / csv: what was prepared
+        if os.path.isfile(summary):
+            with open(summary, encoding="utf-8") as f:
+                for line in f:
+                    logger.info("data preparation: %s", line.rstrip("\n"))
         logger.info("data preparation moved into %s (%d file(s) left out, listed in %s)", save_folder, n, skipped)
     ddp_barrier()
 

@@ -1,0 +1,99 @@
+"""train.py with ``data_format: folder`` / ``csv`` (issue #15): an archive of long mixed-format recordings
+(flac 44.1 kHz stereo, mp3, 8 kHz wav) made from MiniVox trains DINO through the folder preparation; a
+folder without usable audio and an unknown data format are refused in one line."""
+
+import csv
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from recipe_utils import TINY_DINO, history, run_recipe
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+
+
+def long_recordings(minivox, out, n_speakers=4):
+    """One recording per speaker: its training utterances joined with 0.6 s pauses, in mixed formats."""
+    wav = os.path.join(minivox, "wav")
+    speakers = sorted(os.listdir(wav))[-n_speakers:]
+    os.makedirs(out, exist_ok=True)
+    made = []
+    for i, spk in enumerate(speakers):
+        parts = []
+        for root, _, files in sorted(os.walk(os.path.join(wav, spk))):
+            for name in sorted(files):
+                x, sr = sf.read(os.path.join(root, name), dtype="float32")
+                parts += [x, np.zeros(int(0.6 * sr), np.float32)]
+        x = np.concatenate(parts)
+        base = os.path.join(out, f"session{i}")
+        if i % 4 == 0:
+            sf.write(base + ".flac", np.stack([x, x], 1), sr)  # resampled to 44.1 kHz below
+            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", base + ".flac", "-ar", "44100",
+                            base + "_44k.flac"], check=True)
+            os.remove(base + ".flac")
+        elif i % 4 == 1:
+            sf.write(base + ".wav", x, sr)
+            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", base + ".wav", base + ".mp3"], check=True)
+            os.remove(base + ".wav")
+        elif i % 4 == 2:
+            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "f32le", "-ar", str(sr), "-ac", "1",
+                            "-i", "-", "-ar", "8000", base + "_8k.wav"], input=x.tobytes(), check=True)
+        else:
+            sf.write(base + ".wav", x, sr)
+        made.append(spk)
+    return made
+
+
+@needs_ffmpeg
+def test_dino_on_a_folder_of_mixed_recordings(minivox_ci, tmp_path, monkeypatch):
+    archive = str(tmp_path / "archive")
+    long_recordings(minivox_ci, archive)
+    out = str(tmp_path / "dino_folder")
+    env_cache = str(tmp_path / "cache")
+    monkeypatch.setenv("SSRL_CACHE", env_cache)  # converted audio and the journal (default ~/.cache)
+    run_recipe(
+        "train.py", "hparams/minivox/dino_ecapa.yaml", "--data_format=folder", f"--data_folder={archive}",
+        f"--noise_folder={minivox_ci}/noise", f"--rir_folder={minivox_ci}/rir", f"--output_folder={out}",
+        "--number_of_epochs=1", *TINY_DINO,
+    )
+    with open(os.path.join(out, "save", "train.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 16 and {r["spk_id"] for r in rows} == {""}
+    assert all(2.0 <= float(r["duration"]) <= 12.0 for r in rows)
+    assert {os.path.basename(r["wav"]).split("-")[0] for r in rows} >= {"session0_44k", "session1", "session2_8k"}
+    with open(os.path.join(out, "save", "conversions.tsv")) as f:
+        assert len(f.readlines()) == 1 + 3  # header + flac 44.1 kHz stereo, mp3, 8 kHz wav
+    with open(os.path.join(out, "log.txt")) as f:  # the preparation's summary, in the run's log
+        log = f.read()
+    assert "data preparation: 3 file(s) converted to 16000 Hz mono wav with ffmpeg" in log
+    assert "no speaker labels" in log
+    assert os.path.isfile(os.path.join(out, "pretrained", "embedding_model.ckpt"))
+    assert [r["epoch"] for r in history(out)] == ["1"]
+    assert os.path.isdir(os.path.join(env_cache, "prepared"))
+
+
+def test_folder_without_audio_and_unknown_format_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSRL_CACHE", str(tmp_path / "cache"))
+    empty = tmp_path / "my recordings"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    aug = []
+    for kind in ("noise", "rir"):  # augmentation folders that exist: the refusal is about the data folder
+        (tmp_path / kind).mkdir()
+        sf.write(tmp_path / kind / "a.wav", np.full(1600, 0.01, np.float32), 16000)
+        aug.append(f"--{kind}_folder={tmp_path / kind}")
+    out = str(tmp_path / "run")
+    proc = run_recipe("train.py", "hparams/minivox/dino_ecapa.yaml", "--data_format=folder", f"--data_folder={empty}",
+                      f"--output_folder={out}", *aug, check=False)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert str(empty) in last and "no audio file" in last and "Fix:" in last
+    assert not os.path.exists(out)
+    proc = run_recipe("train.py", "hparams/minivox/dino_ecapa.yaml", "--data_format=wavs", f"--data_folder={empty}",
+                      f"--output_folder={out}", *aug, check=False)
+    assert proc.returncode == 1
+    assert "--data_format=wavs: not a data format. Fix: pass voxceleb" in proc.stderr.strip().splitlines()[-1]
