@@ -1,6 +1,5 @@
 """export: EncoderClassifier round trip equals the in-training embedding; bad architectures and folders fail."""
 
-import filecmp
 import json
 import os
 
@@ -56,7 +55,10 @@ def _encoder_classifier_embedding(folder, savedir, wavs, lens):
 
 
 def test_template_shipped_with_package():
-    assert filecmp.cmp(template_path(), os.path.join(REPO, "hparams", "inference_ecapa.yaml"), shallow=False)
+    # one copy (#14): the package's hparams/inference_ecapa.yaml (package data), no second one at the root
+    pkg = os.path.join(REPO, "speechbrain_ssrl", "hparams", "inference_ecapa.yaml")
+    assert os.path.samefile(template_path(), pkg)
+    assert not os.path.exists(os.path.join(REPO, "hparams", "inference_ecapa.yaml"))
 
 
 def test_round_trip_module(tmp_path):
