@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from speechbrain_ssrl import scoring
-from speechbrain_ssrl.data.trials import resolve_trial_paths, split_data_folders
+from speechbrain_ssrl.data.trials import read_trials, resolve_trial_paths, split_data_folders
 from speechbrain_ssrl.data.trials import trial_files as _distinct_files
 from speechbrain_ssrl.data.voxceleb import read_trial_list
 from speechbrain_ssrl.embeddings import extract_embeddings, extract_readable_embeddings
@@ -212,6 +212,7 @@ def evaluate_model(
     data_folders: Union[PathLike, Sequence[PathLike]],
     *,
     names: Optional[Sequence[str]] = None,
+    trial_paths: str = "wav",
     max_seconds: Optional[float] = None,
     batch_seconds: float = 240.0,
     max_batch: int = 64,
@@ -238,6 +239,10 @@ def evaluate_model(
             a model path: an exported folder, a checkpoint folder or a training output folder.
         trial_files: ``veri_test2.txt``-format lists (paths relative to ``<data_folder>/wav/``).
         data_folders: corpus root(s) (a list or a comma-separated string).
+        trial_paths: ``wav`` (paths ``<speaker>/<session>/<utt>`` under ``<data_folder>/wav/``) or ``root``
+            (paths of any depth relative to the data folder itself; AS-norm then needs a cohort given). The
+            EER's standard error leaves out one first path component at a time (the speaker folder of a
+            ``<speaker>/...`` layout; in a flat folder, one file).
         names: keys for results (default: each list's file name without extension).
         max_seconds: cap per utterance (None = full length); a cut file is named in a warning.
         convert_audio: test files at another sample rate are resampled and multi-channel files averaged
@@ -264,19 +269,24 @@ def evaluate_model(
         norm = "as-norm"
     elif norm not in ("none", "no", "off", "false"):
         raise ValueError(f"score_norm must be 'none' or 'as-norm', got {score_norm!r}")
+    if norm == "as-norm" and trial_paths != "wav" and cohort_files is None and not cohort_csv:
+        raise ValueError(
+            f"score_norm=as-norm with trial_paths={trial_paths}: the cohort cannot be taken from <data_folder>/wav/"
+            "<speaker>/... (no speaker layout). Fix: pass cohort_csv (e.g. the training run's save/train.csv)"
+        )
 
     # trial lists -> files (each list checked on its own, so errors name it)
     lists: List[Tuple[str, str, list]] = []
     abs_of: Dict[str, str] = {}
     for i, path in enumerate(trial_files):
-        trials = read_trial_list(path)
+        trials = read_trial_list(path) if trial_paths == "wav" else read_trials(path, relative_to=trial_paths)
         n_target = sum(t.label for t in trials)
         if n_target in (0, len(trials)):
             raise ValueError(
                 f"trial list {path} has only {'target' if n_target else 'non-target'} trials ({len(trials)}): "
                 "EER and minDCF need both classes"
             )
-        abs_of.update(resolve_trial_paths(trials, data_folders, trials_file=path))
+        abs_of.update(resolve_trial_paths(trials, data_folders, trials_file=path, relative_to=trial_paths))
         name = names[i] if names is not None else list_name(path, [n for n, _, _ in lists])
         lists.append((name, path, trials))
 

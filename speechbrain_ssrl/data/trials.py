@@ -3,7 +3,8 @@
 Each non-empty line reads ``<label> <enrol> <test>``: ``label`` is 1 (same speaker, a target trial)
 or 0 (different speakers), and both paths are relative to a corpus' ``wav/`` folder, e.g.
 ``1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav``. The speaker of a file is the
-first component of its path.
+first component of its path. With ``relative_to="root"`` (evaluate.py's ``trial_paths: root``) the paths
+are relative to the data folder itself, in any layout and depth (``calls/2024/a.flac``, ``a.wav``).
 """
 
 from __future__ import annotations
@@ -55,27 +56,45 @@ def speaker_of(rel_path: str) -> str:
     return rel_path.replace("\\", "/").split("/", 1)[0]
 
 
-def _check_rel_path(p: str) -> Optional[str]:
+#: what trial paths are relative to: ``wav`` = ``<data_folder>/wav/<speaker>/<session>/<utt>`` (VoxCeleb),
+#: ``root`` = ``<data_folder>/<any/depth/file>`` (any layout)
+RELATIVE_TO = ("wav", "root")
+
+
+def _check_relative_to(relative_to: str) -> str:
+    if relative_to not in RELATIVE_TO:
+        raise ValueError(f"trial_paths={relative_to!r}: pass wav (<data_folder>/wav/<speaker>/...) or root (<data_folder>/...)")
+    return relative_to
+
+
+def _check_rel_path(p: str, relative_to: str = "wav") -> Optional[str]:
     """Returns why ``p`` is not a valid relative trial path, or None when it is."""
     norm = p.replace("\\", "/")
     parts = norm.split("/")
+    where = "<data_folder>/wav/" if relative_to == "wav" else "<data_folder>/"
     if norm.startswith("/") or (len(p) > 1 and p[1] == ":"):
-        return f"path {p!r} is absolute; trial paths are relative to <data_folder>/wav/"
+        return f"path {p!r} is absolute; trial paths are relative to {where}"
     if ".." in parts:
         return f"path {p!r} contains '..'"
+    if relative_to == "root":
+        return f"path {p!r} has an empty component" if any(not c for c in parts) else None
     if len(parts) < 2 or any(not c for c in parts):
-        return f"path {p!r} is not of the form <speaker>/<session>/<utterance>.wav"
+        return (f"path {p!r} is not of the form <speaker>/<session>/<utterance>.wav (for paths relative to the data "
+                "folder in any layout pass trial_paths: root)")
     return None
 
 
-def read_trials(path: PathLike) -> List[Trial]:
+def read_trials(path: PathLike, relative_to: str = "wav") -> List[Trial]:
     """Reads and validates a ``veri_test2.txt``-format trial list.
 
+    ``relative_to``: ``wav`` (paths ``<speaker>/<session>/<utt>`` under ``<data_folder>/wav/``) or ``root``
+    (paths of any depth under the data folder itself, e.g. ``calls/2024/a.flac`` or ``a.wav``).
     Blank lines and lines starting with ``#`` are ignored. Raises ``FileNotFoundError`` when the
     file is missing and :class:`TrialListError` naming the file and line for a malformed line, or
     when the list holds no trial.
     """
     path = os.fspath(path)
+    _check_relative_to(relative_to)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"trial list {path} does not exist: pass the path of a veri_test2.txt-format file "
@@ -107,7 +126,7 @@ def read_trials(path: PathLike) -> List[Trial]:
         if label not in ("0", "1"):
             raise TrialListError(f"{where}: the label must be 0 or 1, got {label!r}; fix that line")
         for p in (enrol, test):
-            why = _check_rel_path(p)
+            why = _check_rel_path(p, relative_to)
             if why:
                 raise TrialListError(f"{where}: {why}; fix that line")
         trials.append(Trial(int(label), enrol.replace("\\", "/"), test.replace("\\", "/")))
@@ -183,19 +202,22 @@ def resolve_trial_paths(
     trials: Iterable[Trial],
     data_folders: Union[PathLike, Sequence[PathLike]],
     trials_file: Optional[PathLike] = None,
+    relative_to: str = "wav",
 ) -> Dict[str, str]:
-    """Maps each relative trial path to an existing ``<root>/wav/<path>`` file.
+    """Maps each relative trial path to an existing ``<root>/wav/<path>`` file (``<root>/<path>`` when
+    ``relative_to="root"``).
 
     Roots are tried in order; the first that holds the file wins. Raises ``FileNotFoundError``
     listing the missing files (and naming ``trials_file`` when given) if any path is found in no
     root.
     """
     roots = split_data_folders(data_folders)
+    sub = ("wav",) if _check_relative_to(relative_to) == "wav" else ()
     resolved: Dict[str, str] = {}
     missing: List[str] = []
     for rel in trial_files(trials):
         for root in roots:
-            cand = os.path.join(root, "wav", *rel.split("/"))
+            cand = os.path.join(root, *sub, *rel.split("/"))
             if os.path.isfile(cand):
                 resolved[rel] = cand
                 break
@@ -205,10 +227,11 @@ def resolve_trial_paths(
         src = f"the trial list {os.fspath(trials_file)}" if trials_file else "the trial list"
         shown = "\n  ".join(missing[:20])
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-        where = ", ".join(os.path.join(r, "wav") for r in roots)
-        raise FileNotFoundError(
-            f"{len(missing)} file(s) named by {src} do not exist under {where}:\n  {shown}{more}\n"
+        where = ", ".join(os.path.join(r, *sub) for r in roots)
+        fix = (
             "Fix: point data_folder at the corpus (or corpora, comma-separated) the trial list belongs "
             "to, e.g. the VoxCeleb1 root that holds wav/id10270/..., or use the matching trial list."
+            if sub else "Fix: point data_folder at the folder the trial list's paths are relative to."
         )
+        raise FileNotFoundError(f"{len(missing)} file(s) named by {src} do not exist under {where}:\n  {shown}{more}\n{fix}")
     return resolved

@@ -145,6 +145,7 @@ def run(hparams_file, hparams, overrides, run_opts, model, out):
         model,
         trial_lists,
         data_folder,
+        trial_paths=str(hparams.get("trial_paths", "wav")),
         max_seconds=hparams.get("max_seconds"),
         batch_seconds=float(hparams.get("batch_seconds", 240.0)),
         max_batch=int(hparams.get("max_batch", 64)),
