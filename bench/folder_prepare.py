@@ -38,13 +38,26 @@ print(n, len(segs), base, peak)
 """
 
 
-def write_long(path: str, minutes: float) -> None:
+PREP_CHILD = r"""
+import resource, sys
+from speechbrain_ssrl.data import folder as fp
+data, save, cache = sys.argv[1:4]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fp.prepare_folder(data, save, cache_folder=cache, jobs=1, progress=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(sum(1 for _ in open(save + "/train.csv")) - 1, base, peak, child)
+"""
+
+
+def write_long(path: str, minutes: float, sr: int = 16000, channels: int = 1, fmt: str = "WAV", subtype: str = "PCM_16") -> None:
+    """A recording of ``minutes``: a 4 s voiced burst every 5 s, written block by block."""
     rng = np.random.default_rng(0)
-    with sf.SoundFile(path, "w", 16000, 1, "PCM_16") as f:
+    with sf.SoundFile(path, "w", sr, channels, subtype, format=fmt) as f:
         for _ in range(int(minutes * 6)):
-            t = np.arange(160000) / 16000
-            x = 0.3 * np.sin(2 * np.pi * 150 * t) * (t % 5 < 4) + 1e-3 * rng.normal(size=t.size)
-            f.write(x.astype(np.float32))
+            t = np.arange(10 * sr) / sr
+            x = (0.3 * np.sin(2 * np.pi * 150 * t) * (t % 5 < 4) + 1e-3 * rng.normal(size=t.size)).astype(np.float32)
+            f.write(np.stack([x] * channels, 1) if channels > 1 else x)
 
 
 def memory(a) -> dict:
@@ -58,6 +71,18 @@ def memory(a) -> dict:
         out[mode] = {"samples": n, "segments": n_segs, "rss_before_mb": round(base / 1024, 1),
                      "peak_rss_mb": round(peak / 1024, 1), "grown_mb": round((peak - base) / 1024, 1),
                      "seconds": round(time.time() - t0, 2)}
+    # the whole preparation (ffmpeg conversion + segmentation) of the same length at 44.1 kHz stereo flac
+    data = os.path.join(a.work, "flac_folder")
+    os.makedirs(data, exist_ok=True)
+    write_long(os.path.join(data, "long_44k_stereo.flac"), a.minutes, 44100, 2, "FLAC", "PCM_16")
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-c", PREP_CHILD, data, os.path.join(a.work, "save"), os.path.join(a.work, "cache")],
+                         capture_output=True, text=True, check=True)
+    rows, base, peak, child = map(int, res.stdout.split())
+    out["prepare_flac_44k_stereo"] = {
+        "file_mb": round(os.path.getsize(os.path.join(data, "long_44k_stereo.flac")) / 2**20, 1), "segments": rows,
+        "rss_before_mb": round(base / 1024, 1), "peak_rss_mb": round(peak / 1024, 1),
+        "ffmpeg_peak_rss_mb": round(child / 1024, 1), "seconds": round(time.time() - t0, 2)}
     return out
 
 

@@ -2,6 +2,7 @@
 
 * ``minivox``       offline VoxCeleb-shaped corpus from Debian voices: ``build(out, size=...)``
 * ``voxceleb``      VoxCeleb folders -> SpeechBrain CSVs: ``prepare_voxceleb(...)``
+* ``folder``        any folder of recordings or a user CSV -> the same training CSV: ``prepare_folder(...)``
 * ``trials``        ``veri_test2.txt``-format trial lists: ``read_trials``, ``resolve_trial_paths``
 * ``augment_data``  noise / RIR CSVs for ``speechbrain.augment``: ``make_augment_csv``
 * ``views``         random crops, multi-crop and student/teacher views

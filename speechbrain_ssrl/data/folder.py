@@ -150,20 +150,24 @@ def default_cache_folder(data_folder: str) -> str:
 
 # ---------------------------------------------------------------------------------------- inputs
 def find_audio_files(
-    folder: str, exclude: Sequence[str] = (), skipped: Optional[List[Tuple[str, str]]] = None
+    folder: str, exclude: Sequence[str] = (), skipped: Optional[List[Tuple[str, str]]] = None, progress: bool = False
 ) -> Tuple[List[str], Counter]:
     """(absolute paths of the audio files under ``folder``, sorted; Counter of the other files' extensions).
 
     Hidden entries (a name starting with ``.``) and the folders in ``exclude`` are not entered; a folder
     reached twice through symbolic links (a loop) or a dangling link is appended to ``skipped``.
+    ``progress``: a progress bar of the folders scanned (a large tree on a network disk takes minutes).
     """
     excl = {os.path.realpath(e) for e in exclude if e}
     seen_dirs = set()
     found: List[str] = []
     other: Counter = Counter()
     stack = [os.path.abspath(folder)]
+    bar = tqdm(desc=f"scanning {os.path.basename(os.path.abspath(folder)) or folder}", unit="folder", disable=not progress,
+               mininterval=1.0)
     while stack:
         d = stack.pop()
+        bar.update(1)
         try:
             st = os.stat(d)
         except OSError as e:
@@ -204,6 +208,8 @@ def find_audio_files(
             elif skipped is not None and e.is_symlink():
                 skipped.append((e.path, "dangling symbolic link"))
         stack.extend(reversed(subdirs))
+        bar.set_postfix(audio_files=len(found), refresh=False)
+    bar.close()
     return sorted(found), other
 
 
@@ -577,7 +583,7 @@ def folder_preparation_is_current(data_folder: str, save_folder: str, skip_prep:
     return old == folder_preparation_options(data_folder, **kw) and os.path.isfile(os.path.join(save_folder, "train.csv"))
 
 
-def _sources(data_folder: str, data_format: str, exclude: Sequence[str], skipped: List[Tuple[str, str]]):
+def _sources(data_folder: str, data_format: str, exclude: Sequence[str], skipped: List[Tuple[str, str]], progress: bool = False):
     """(rows grouped by recording {path: [SourceRow]}, a description of what was found)."""
     if data_format == "csv":
         if not os.path.isfile(data_folder):
@@ -594,7 +600,7 @@ def _sources(data_folder: str, data_format: str, exclude: Sequence[str], skipped
         raise FileNotFoundError(
             f"data folder {data_folder} does not exist{hint}. Fix: pass --data_folder=<the folder that holds your recordings>"
         )
-    files, other = find_audio_files(data_folder, exclude, skipped)
+    files, other = find_audio_files(data_folder, exclude, skipped, progress)
     if not files:
         others = ", ".join(f"{n} {e}" for e, n in other.most_common(5))
         raise NoUsableAudioError(
@@ -655,7 +661,7 @@ def prepare_folder(
         return out
     t0 = time.time()
     skipped: List[Tuple[str, str]] = []
-    groups, found = _sources(data_folder, data_format, exclude, skipped)
+    groups, found = _sources(data_folder, data_format, exclude, skipped, progress)
 
     journal = os.path.join(cache_folder, f"segments_{cfg.digest(sample_rate)}.jsonl")
     done = _read_journal(journal)
