@@ -246,6 +246,17 @@ def embed_training_set(
     return list(ids), emb
 
 
+def _sample_ranges(train_csv: str, n: int) -> List[Tuple[int, Optional[int]]]:
+    """(start, stop) in samples of each row (the CSV's ``start`` / ``stop`` columns; (0, None) = the whole file)."""
+    with open(train_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows[:n]:
+        start, stop = (r.get("start") or "").strip(), (r.get("stop") or "").strip()
+        out.append((int(float(start)) if start else 0, int(float(stop)) if stop else None))
+    return out
+
+
 def _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress,
                sample_rate):
     """L2-normalised embeddings of ``wavs`` (N, D) on the CPU (see ``embeddings.extract_embeddings``).
@@ -259,10 +270,17 @@ def _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_sec
 
     rows = [{"ID": i, "wav": w} for i, w in zip(ids, wavs)]
     bad = bad_file_list(train_csv)
+    ranges = _sample_ranges(train_csv, len(ids))
+
+    def read_row(j: int, ms: Optional[float]) -> torch.Tensor:
+        start, stop = ranges[j]  # a segment of a longer recording (data_format folder / csv), or the whole file
+        if ms is not None:
+            cap = start + int(round(ms * sample_rate))
+            stop = cap if stop is None else min(stop, cap)
+        return read_checked(wavs[j], start, stop, sample_rate)
 
     def read(i: int, ms: Optional[float]) -> torch.Tensor:
-        stop = None if ms is None else int(round(ms * sample_rate))
-        return read_with_fallback(rows, i, lambda j: read_checked(wavs[j], 0, stop, sample_rate), bad_files=bad)[1]
+        return read_with_fallback(rows, i, lambda j: read_row(j, ms), bad_files=bad)[1]
 
     return extract_embeddings(
         embed_fn, wavs, durations=durations, max_seconds=max_seconds, batch_seconds=batch_seconds,
