@@ -5,18 +5,26 @@ decode, holds no sample or a non-finite sample raises ``BadAudioError`` naming i
 broken file never becomes a silent score. Test files at another sample rate are resampled and
 multi-channel files averaged to mono (``convert_audio=True``, with one warning naming the files), or
 refused (``convert_audio=False``).
+
+Files are read by a ``torch.utils.data.DataLoader`` over length-sorted batches (``num_workers`` worker
+processes read and pad the next batches while the model embeds this one); with ``distributed=True``
+under DDP every rank embeds every ``world``-th batch and the embeddings are all-gathered, so each rank
+returns all of them. The batches, their padding and the output order are those of a single process
+with no worker: the embeddings are the same (``tests/unit/test_embeddings_loader.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import multiprocessing
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
 
 from speechbrain_ssrl.data.views import BadAudioError, read_checked
+from speechbrain_ssrl.distributed import all_gather_cat, collective_ok
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +115,54 @@ def _warn_changed(notes: Dict[str, List[str]], what: str) -> None:
     logger.warning("%d %s file(s) were changed before embedding: %s%s", len(notes), what, shown, more)
 
 
+class _BatchReader(torch.utils.data.Dataset):
+    """Item ``b``: the ``b``-th batch of file indices read and zero-padded (in a DataLoader worker).
+
+    ``read(i) -> (wav (T,), notes)``. A ``BadAudioError`` is returned as data (``bad``: [(i, reason)],
+    in batch order), not raised, so the main process decides (raise or leave the file out) and a
+    worker never has to pickle it; any other exception propagates.
+    """
+
+    def __init__(self, batches: Sequence[Sequence[int]], read: Callable[[int], Tuple[torch.Tensor, List[str]]],
+                 known_bad: Sequence[int] = ()) -> None:
+        self.batches = [list(b) for b in batches]
+        self.read = read
+        self.known_bad = set(known_bad)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> Dict[str, Any]:
+        idx, wavs, bad, notes = [], [], [], {}
+        for i in self.batches[b]:
+            if i in self.known_bad:
+                continue
+            try:
+                wav, n = self.read(i)
+            except BadAudioError as e:
+                bad.append((i, e.reason))
+                continue
+            if n:
+                notes[i] = n
+            idx.append(i)
+            wavs.append(wav)
+        if not wavs:
+            return dict(idx=idx, x=None, lens=None, bad=bad, notes=notes)
+        T = max(w.shape[0] for w in wavs)
+        x = torch.zeros(len(wavs), T)
+        for j, w in enumerate(wavs):
+            x[j, : w.shape[0]] = w
+        lens = torch.tensor([w.shape[0] / T for w in wavs])
+        return dict(idx=idx, x=x, lens=lens, bad=bad, notes=notes)
+
+
+def _as_is(item):
+    return item
+
+
+_FORK = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
 def _embed_files(
     embed_fn: EmbedFn,
     wav_paths: Sequence[str],
@@ -122,6 +178,8 @@ def _embed_files(
     read_fn: Optional[ReadFn],
     convert_audio: bool,
     skip_bad: bool,
+    num_workers: int = 0,
+    distributed: bool = False,
 ) -> Tuple[List[Optional[torch.Tensor]], Dict[str, str]]:
     """Per file: its embedding, or None for a bad file when ``skip_bad``; and {bad path: reason}."""
     n = len(wav_paths)
@@ -138,49 +196,91 @@ def _embed_files(
                     raise
                 bad[p] = e.reason
                 durations.append(0.0)
-    changed: Dict[str, List[str]] = {}
 
-    def default_read(i: int, ms: Optional[float]) -> torch.Tensor:
-        wav, notes = read_audio_file(wav_paths[i], ms, sample_rate, convert_audio)
-        if notes:
-            changed[wav_paths[i]] = notes
-        return wav
+    def read(i: int) -> Tuple[torch.Tensor, List[str]]:
+        if read_fn is not None:
+            return read_fn(i, max_seconds), []
+        return read_audio_file(wav_paths[i], max_seconds, sample_rate, convert_audio)
 
-    read = read_fn or default_read
+    batches = _batches(durations, max_seconds, batch_seconds, max_batch)
+    shard = collective_ok() and distributed
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if shard else (0, 1)
+    mine = batches[rank::world]
+    known_bad = [i for i, p in enumerate(wav_paths) if p in bad]
+    loader = torch.utils.data.DataLoader(
+        _BatchReader(mine, read, known_bad), batch_size=None, shuffle=False, num_workers=int(num_workers),
+        collate_fn=_as_is,
+        generator=torch.Generator(),  # its seed draw must not move the global RNG (training continues from it)
+        # forked workers share the reader (a closure over the CSV rows) without pickling it, also where
+        # the default is spawn / forkserver (torch.multiprocessing.spawn children, Python >= 3.14)
+        multiprocessing_context=_FORK if int(num_workers) > 0 else None,
+    )
     out: List[Optional[torch.Tensor]] = [None] * n
-    for b in tqdm(_batches(durations, max_seconds, batch_seconds, max_batch), desc=desc, disable=not progress, leave=False):
-        idx, wavs = [], []
-        for i in b:
-            if wav_paths[i] in bad:
-                continue
-            try:
-                wavs.append(read(i, max_seconds))
-            except BadAudioError as e:
+    changed: Dict[str, List[str]] = {}
+    done_idx: List[int] = []
+    done_emb: List[torch.Tensor] = []
+    error: Optional[BaseException] = None
+    try:
+        for item in tqdm(loader, total=len(mine), desc=desc, disable=not progress, leave=False):
+            for i, reason in item["bad"]:
                 if not skip_bad:
-                    raise
-                bad[wav_paths[i]] = e.reason
+                    raise BadAudioError(wav_paths[i], reason)
+                bad[wav_paths[i]] = reason
+            changed.update({wav_paths[i]: v for i, v in item["notes"].items()})
+            idx = item["idx"]
+            if not idx:
                 continue
-            idx.append(i)
-        if not idx:
-            continue
-        T = max(w.shape[0] for w in wavs)
-        x = torch.zeros(len(wavs), T)
-        for j, w in enumerate(wavs):
-            x[j, : w.shape[0]] = w
-        lens = torch.tensor([w.shape[0] / T for w in wavs])
-        emb = embed_fn(x.to(device), lens.to(device)).float().reshape(len(wavs), -1)
-        if normalize:
-            emb = torch.nn.functional.normalize(emb, dim=-1)
-        if not torch.isfinite(emb).all():
-            worst = [wav_paths[idx[j]] for j in range(len(idx)) if not torch.isfinite(emb[j]).all()]
-            raise FloatingPointError(
-                f"non-finite embeddings for {worst[:3]}: their audio is finite, so the model's weights or BatchNorm "
-                "statistics hold NaN/inf"
-            )
-        for j, i in enumerate(idx):
-            out[i] = emb[j].cpu()
+            emb = embed_fn(item["x"].to(device), item["lens"].to(device)).float().reshape(len(idx), -1)
+            if normalize:
+                emb = torch.nn.functional.normalize(emb, dim=-1)
+            if not torch.isfinite(emb).all():
+                worst = [wav_paths[idx[j]] for j in range(len(idx)) if not torch.isfinite(emb[j]).all()]
+                raise FloatingPointError(
+                    f"non-finite embeddings for {worst[:3]}: their audio is finite, so the model's weights or "
+                    "BatchNorm statistics hold NaN/inf"
+                )
+            emb = emb.cpu()
+            for j, i in enumerate(idx):
+                out[i] = emb[j]
+            done_idx.extend(idx)
+            done_emb.append(emb)
+    except Exception as e:  # noqa: BLE001 - under DDP the other ranks must learn of it (no hang in a gather)
+        if not shard:
+            raise
+        error = e
+    if shard:
+        out, bad, changed = _gather(out, done_idx, done_emb, bad, changed, error, world)
     _warn_changed(changed, desc)
     return out, bad
+
+
+def _gather(out, done_idx, done_emb, bad, changed, error, world):
+    """Every rank's embeddings (and bad / converted files) on every rank; a failure on any rank is raised
+    on all of them (the failing rank's own exception there, a RuntimeError naming it elsewhere)."""
+    dist = torch.distributed
+    status: List[Any] = [None] * world
+    dist.all_gather_object(status, None if error is None else f"{type(error).__name__}: {error}")
+    failed = [(r, m) for r, m in enumerate(status) if m is not None]
+    if failed:
+        if error is not None:
+            raise error
+        r, m = failed[0]
+        raise RuntimeError(f"embedding extraction failed on rank {r}: {m}")
+    d = max(int(e.shape[1]) for e in done_emb) if done_emb else 0
+    d = int(all_gather_cat(torch.tensor([d])).max())
+    idx = all_gather_cat(torch.tensor(done_idx, dtype=torch.long))
+    flat = torch.cat([e.reshape(-1) for e in done_emb]) if done_emb else torch.zeros(0)
+    emb = all_gather_cat(flat).reshape(-1, d) if d else torch.zeros(0, 0)
+    for k, i in enumerate(idx.tolist()):
+        out[i] = emb[k]
+    extras: List[Any] = [None] * world
+    dist.all_gather_object(extras, (bad, changed))
+    bad_all: Dict[str, str] = {}
+    changed_all: Dict[str, List[str]] = {}
+    for b, c in extras:
+        bad_all.update(b)
+        changed_all.update(c)
+    return out, bad_all, changed_all
 
 
 @torch.no_grad()
@@ -198,6 +298,8 @@ def extract_embeddings(
     desc: str = "embeddings",
     read_fn: Optional[ReadFn] = None,
     convert_audio: bool = True,
+    num_workers: int = 0,
+    distributed: bool = False,
 ) -> torch.Tensor:
     """Embeds each file once, in batches of similar length (padding is kept small).
 
@@ -212,6 +314,10 @@ def extract_embeddings(
         read_fn: ``read_fn(i, max_seconds) -> (T,)`` reads file ``i`` (default: ``read_audio_file``).
         convert_audio: default reader: resample / average channels (one warning naming the files), or
             refuse such files (``BadAudioError``).
+        num_workers: DataLoader worker processes that read and pad the batches (0: in this process).
+            ``read_fn`` then runs in the workers (forked where the platform can fork: a closure is fine).
+        distributed: under DDP (outside ``run_on_main``), every rank must call this with the same files:
+            each embeds every world-th batch and all ranks return all the embeddings (all-gathered).
     Returns:
         (N, D) float32 tensor on the CPU.
     Raises:
@@ -219,7 +325,7 @@ def extract_embeddings(
     """
     out, _ = _embed_files(
         embed_fn, wav_paths, durations, max_seconds, batch_seconds, max_batch, sample_rate, device, normalize,
-        progress, desc, read_fn, convert_audio, skip_bad=False,
+        progress, desc, read_fn, convert_audio, skip_bad=False, num_workers=num_workers, distributed=distributed,
     )
     return torch.stack(out)
 
@@ -233,14 +339,16 @@ def extract_readable_embeddings(
     Returns (embeddings (M, D) of the usable files, their indices in ``wav_paths``, {left-out path: reason}).
     """
     keys = ("durations", "max_seconds", "batch_seconds", "max_batch", "sample_rate", "device", "normalize",
-            "progress", "desc", "read_fn", "convert_audio")
+            "progress", "desc", "read_fn", "convert_audio", "num_workers", "distributed")
     defaults = dict(durations=None, max_seconds=None, batch_seconds=240.0, max_batch=64, sample_rate=16000,
-                    device="cpu", normalize=True, progress=True, desc="embeddings", read_fn=None, convert_audio=True)
+                    device="cpu", normalize=True, progress=True, desc="embeddings", read_fn=None, convert_audio=True,
+                    num_workers=0, distributed=False)
     unknown = set(kwargs) - set(keys)
     if unknown:
         raise TypeError(f"extract_readable_embeddings: unknown arguments {sorted(unknown)}")
     a = {**defaults, **kwargs}
-    out, bad = _embed_files(embed_fn, wav_paths, *(a[k] for k in keys), skip_bad=True)
+    out, bad = _embed_files(embed_fn, wav_paths, *(a[k] for k in keys[:-2]), skip_bad=True,
+                            num_workers=a["num_workers"], distributed=a["distributed"])
     kept = [i for i, e in enumerate(out) if e is not None]
     if not kept:
         raise ValueError(f"none of the {len(wav_paths)} files could be used, e.g. {next(iter(bad.items()), None)}")

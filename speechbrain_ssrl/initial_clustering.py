@@ -5,6 +5,11 @@ length, L2-normalised → k-means (K0 clusters, spherical by default) → labels
 centroids ``mu`` (the AAM classifier's initial rows), saved as ``out_dir/initial_clustering.pt`` and
 reused when present.
 
+Under DDP with ``distributed=True`` (every rank calls it) the embeddings are sharded over the ranks, each
+reading its files with ``num_workers`` DataLoader workers, and all-gathered; the main process then runs
+k-means and saves the file, which the other ranks load. Without it (or inside ``run_on_main``) one
+process embeds everything. The embeddings, and so the clustering, are the same either way.
+
 The CSV's ``spk_id`` column is never used for clustering; when present it only feeds a diagnostic
 :func:`speechbrain_ssrl.metrics.pseudo_label_report` (NMI, purity, ...), logged and stored in the file.
 
@@ -28,7 +33,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from speechbrain.utils.distributed import ddp_broadcast
+
 from speechbrain_ssrl.clustering import kmeans
+from speechbrain_ssrl.distributed import collective_ok
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +140,8 @@ def initial_clustering(
     replacements: Optional[Dict[str, str]] = None,
     filename: str = FILENAME,
     sample_rate: int = 16000,
+    num_workers: int = 0,
+    distributed: bool = False,
 ) -> Dict[str, Any]:
     """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
 
@@ -145,6 +155,9 @@ def initial_clustering(
         batch_seconds, max_batch: audio per embedding batch (batches group similar lengths).
         replacements: ``{"data_root": "/path"}`` fills ``$data_root`` / ``{data_root}`` in the wav column.
         sample_rate: the training audio's rate (another rate makes a file unusable, as in training).
+        num_workers: DataLoader worker processes that read the audio (0: the calling process reads it).
+        distributed: under DDP, call it on every rank: the embedding is sharded over the ranks, k-means runs
+            on the main process, every rank returns the saved result (see the module docstring).
     Returns:
         dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
         saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
@@ -153,7 +166,8 @@ def initial_clustering(
         raise ValueError(f"k must be a positive int, got {k!r}")
     ids, wavs, durations, spk = _read_csv(train_csv, replacements)
     path = os.path.join(out_dir, filename)
-    if os.path.isfile(path):
+    shard = bool(distributed) and collective_ok()
+    if ddp_broadcast(os.path.isfile(path)) if shard else os.path.isfile(path):  # rank 0's view decides
         data = load_initial_clustering(path, expected_ids=ids, expected_k=k)
         logger.info("initial clustering: reusing %s (%d utterances, k = %d)", path, len(ids), k)
         now = dict(max_seconds=max_seconds, n_iter=n_iter, seed=seed, spherical=spherical, init=init)
@@ -181,11 +195,37 @@ def initial_clustering(
     )
     t0 = time.perf_counter()
     emb = _embed_all(
-        embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress, sample_rate
+        embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress, sample_rate,
+        num_workers, shard,
     )
     t_embed = time.perf_counter() - t0
     logger.info("initial clustering: %d embeddings of dimension %d in %.1f s", emb.shape[0], emb.shape[1], t_embed)
+    if not shard:
+        return _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
+                                 spherical=spherical, init=init, device=device, precision=precision,
+                                 chunk_size=chunk_size, progress=progress)
+    failure, data = None, None
+    if torch.distributed.get_rank() == 0:  # (not SpeechBrain's if_main_process: it reads RANK from the environment)
+        try:
+            data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol,
+                                     seed=seed, spherical=spherical, init=init, device=device, precision=precision,
+                                     chunk_size=chunk_size, progress=progress)
+        except Exception as e:  # noqa: BLE001 - the other ranks are told, then it is raised here
+            failure = e
+    message = ddp_broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise RuntimeError(f"initial clustering failed on the main process: {message}")
+    if data is None:  # the other ranks: the main process's saved result
+        data = load_initial_clustering(path, expected_ids=ids, expected_k=k)
+        data["path"] = path
+    return data
 
+
+def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_iter, tol, seed, spherical, init, device,
+                      precision, chunk_size, progress) -> Dict[str, Any]:
+    """k-means of ``emb``, the diagnostic report, and the atomic save (one process)."""
     t0 = time.perf_counter()
     # distributed=False: under DDP this runs on the main process only (the others load the file)
     res = kmeans(
@@ -237,12 +277,13 @@ def embed_training_set(
     sample_rate: int = 16000,
     batch_seconds: float = 240.0,
     max_batch: int = 64,
+    num_workers: int = 0,
 ) -> Tuple[List[str], torch.Tensor]:
     """(CSV IDs, L2-normalised embeddings (N, D)) of every training utterance, read as for the initial
     clustering (an unusable file is skipped and listed; its row embeds the next row that reads)."""
     ids, wavs, durations, _ = _read_csv(train_csv)
     emb = _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress,
-                     sample_rate)
+                     sample_rate, num_workers)
     return list(ids), emb
 
 
@@ -258,7 +299,7 @@ def _sample_ranges(train_csv: str, n: int) -> List[Tuple[int, Optional[int]]]:
 
 
 def _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress,
-               sample_rate):
+               sample_rate, num_workers=0, distributed=False):
     """L2-normalised embeddings of ``wavs`` (N, D) on the CPU (see ``embeddings.extract_embeddings``).
 
     Files are read like the training views (``views.read_with_fallback`` at ``sample_rate``): an unusable file is
@@ -285,5 +326,5 @@ def _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_sec
     return extract_embeddings(
         embed_fn, wavs, durations=durations, max_seconds=max_seconds, batch_seconds=batch_seconds,
         max_batch=max_batch, device=device, normalize=True, progress=progress, desc="initial clustering: embeddings",
-        sample_rate=sample_rate, read_fn=read,
+        sample_rate=sample_rate, read_fn=read, num_workers=num_workers, distributed=distributed,
     )

@@ -19,28 +19,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from speechbrain.utils.distributed import is_distributed_initialized as _dist
 
+from speechbrain_ssrl.distributed import all_gather_cat  # noqa: F401 (also imported from here)
 from speechbrain_ssrl.state import StateRecoverable
 
 from speechbrain_ssrl.label_queue import PseudoLabelQueue, changed_fraction
 from speechbrain_ssrl.noisy_labels import NoisyLabelModel
-
-
-def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenation of ``t`` (1-D, any length per rank) over all DDP ranks, in rank order."""
-    if not _dist():
-        return t
-    backend = torch.distributed.get_backend()
-    dev = t.device if backend != "nccl" else torch.device("cuda", torch.cuda.current_device())
-    x = t.to(dev)
-    n = torch.tensor([x.numel()], device=dev)
-    sizes = [torch.zeros_like(n) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(sizes, n)
-    m = int(max(int(s) for s in sizes))
-    pad = torch.zeros(m, dtype=x.dtype, device=dev)
-    pad[: x.numel()] = x
-    out = [torch.zeros_like(pad) for _ in sizes]
-    torch.distributed.all_gather(out, pad)
-    return torch.cat([o[: int(s)] for o, s in zip(out, sizes)]).to(t.device)
 
 
 class PseudoLabelState(StateRecoverable):
