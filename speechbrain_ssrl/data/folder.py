@@ -29,8 +29,9 @@ Segments: long recordings are cut into training segments by an energy detector (
 20 ms frame energies are computed block by block (``soundfile`` blocks: memory does not grow with the
 file's length beyond 4 bytes per frame), a frame is speech above a per-recording threshold (the larger of
 an absolute floor and the lower of "noise floor + margin" and "loud level - range"), pauses shorter than
-``min_silence`` stay inside a segment, longer ones are skipped, and a speech region is cut into equal
-segments of at most ``max_seconds``; regions shorter than ``min_seconds`` are dropped. ``segment=False``
+``min_silence`` stay inside a segment, longer ones are skipped, and a speech region longer than
+``max_seconds`` is cut at its quietest moments into segments of ``min_seconds``..``max_seconds``; regions
+shorter than ``min_seconds`` are dropped. ``segment=False``
 keeps one row per file (or CSV row) instead.
 
 Work is done in ``jobs`` worker processes (chunks of files); every finished file is appended to a
@@ -112,7 +113,7 @@ class SegmentConfig:
     """
 
     min_seconds: float = 2.0  #: shorter speech regions (and remainders) are dropped
-    max_seconds: float = 12.0  #: longer regions are cut into equal segments of at most this length
+    max_seconds: float = 12.0  #: longer regions are cut, at their quietest moments, into segments of at most this length
     min_silence: float = 0.3  #: pauses at least this long end a segment (shorter ones stay inside)
     floor_db: float = -55.0  #: frames below this are always silence (digital silence, hum)
     noise_margin_db: float = 10.0  #: speech is this much above the noise floor ...
@@ -339,13 +340,32 @@ def speech_threshold(energies: np.ndarray, cfg: SegmentConfig) -> float:
     return float(max(cfg.floor_db, min(p10 + cfg.noise_margin_db, p95 - cfg.range_db)))
 
 
+def _quiet_cuts(smooth: np.ndarray, a: int, b: int, lo: int, hi: int) -> Optional[List[int]]:
+    """Frame boundaries that cut frames [a, b) into pieces of ``lo``..``hi`` frames, each cut at a quiet frame
+    (within 1 dB of the quietest frame where a cut keeps both sides within the bounds; of those, the one
+    nearest to an equal split), or None when no cut can keep both sides within the bounds."""
+    cuts, p = [a], a
+    while b - p > hi:
+        first, last = p + lo, min(p + hi, b - lo)
+        if first > last:
+            return None
+        target = p + (b - p) / math.ceil((b - p) / hi)
+        window = smooth[first : last + 1]
+        quiet = first + np.flatnonzero(window <= window.min() + 1.0)
+        p = int(quiet[np.argmin(np.abs(quiet - target))])
+        cuts.append(p)
+    cuts.append(b)
+    return cuts
+
+
 def speech_segments(energies: np.ndarray, frame: int, n_samples: int, sample_rate: int, cfg: SegmentConfig) -> List[Tuple[int, int]]:
     """Segments [start, stop) in samples (relative to the first frame) from frame energies.
 
     Speech frames (above ``speech_threshold``) with pauses shorter than ``min_silence`` filled form
-    regions; a region longer than ``max_seconds`` is cut into ``ceil(length / max_seconds)`` equal
-    segments (or segments of ``max_seconds`` when equal ones would be shorter than ``min_seconds``);
-    segments shorter than ``min_seconds`` are dropped.
+    regions; a region longer than ``max_seconds`` is cut at its quietest moments (a short pause, most
+    likely where a turn changes; ``_quiet_cuts``) into pieces of ``min_seconds``..``max_seconds`` (when no
+    cut can keep both sides within the bounds: pieces of ``max_seconds``, the remainder kept if long
+    enough); regions shorter than ``min_seconds`` are dropped.
     """
     if len(energies) == 0:
         return []
@@ -355,20 +375,19 @@ def speech_segments(energies: np.ndarray, frame: int, n_samples: int, sample_rat
         if 0 < a and b < len(speech) and b - a < gap:
             speech[a:b] = True
     lo, hi = int(round(cfg.min_seconds * sample_rate)), int(round(cfg.max_seconds * sample_rate))
+    lo_f, hi_f = math.ceil(lo / frame), hi // frame
+    smooth = np.convolve(energies, np.ones(5) / 5, mode="same")  # 100 ms at 20 ms frames
     out: List[Tuple[int, int]] = []
     for a, b in _runs(speech):
         s, e = a * frame, min(b * frame, n_samples)
-        length = e - s
-        if length < lo:
+        if e - s < lo:
             continue
-        n = max(1, math.ceil(length / hi))
-        if length // n >= lo:
-            cuts = [s + (length * k) // n for k in range(n + 1)]
-            out.extend(zip(cuts[:-1], cuts[1:]))
-        else:  # equal pieces would be too short: max_seconds pieces, the remainder kept if long enough
-            for p in range(s, e, hi):
-                if min(p + hi, e) - p >= lo:
-                    out.append((p, min(p + hi, e)))
+        cuts = _quiet_cuts(smooth, a, b, lo_f, hi_f) if hi_f >= lo_f else None
+        if cuts is not None:
+            pieces = [(c0 * frame, min(c1 * frame, n_samples)) for c0, c1 in zip(cuts[:-1], cuts[1:])]
+            out.extend((p0, p1) for p0, p1 in pieces if lo <= p1 - p0 <= hi)
+        else:  # max_seconds pieces, the remainder kept if long enough
+            out.extend((p, min(p + hi, e)) for p in range(s, e, hi) if min(p + hi, e) - p >= lo)
     return out
 
 

@@ -114,7 +114,7 @@ def test_every_format_and_rate_becomes_16k_mono(tmp_path):
 
 # ------------------------------------------------------------------------------------ segmentation
 def test_segments_respect_bounds_and_skip_silences(tmp_path):
-    # 1 s speech (too short), 0.15 s pause (kept inside), 30 s speech (cut), 0.8 s silence, 5 s speech
+    # 1 s speech (too short), then a 30.15 s region with a 0.15 s pause (kept inside) at 8.5 s, 0.8 s silence, 5 s
     pattern = [("_", 0.5), ("s", 1.0), ("_", 1.0), ("s", 6.0), ("_", 0.15), ("s", 24.0), ("_", 0.8), ("s", 5.0), ("_", 0.7)]
     data = tmp_path / "d"
     data.mkdir()
@@ -122,27 +122,29 @@ def test_segments_respect_bounds_and_skip_silences(tmp_path):
     cfg = fp.SegmentConfig(min_seconds=2.0, max_seconds=12.0)
     out = prep(data, tmp_path, cfg=cfg)
     _, rows = rows_of(out["train"])
-    segs = [(int(r["start"]), int(r["stop"])) for r in rows]
-    lens = [(b - a) / 16000 for a, b in segs]
+    segs = [(int(r["start"]) / 16000, int(r["stop"]) / 16000) for r in rows]
+    lens = [b - a for a, b in segs]
     assert all(2.0 <= x <= 12.0 for x in lens), lens
-    assert len(segs) == 4  # the 30.15 s region in 3 equal pieces, then the 5 s region; the 1 s burst dropped
-    assert np.allclose(lens[:3], 30.15 / 3, atol=0.05) and abs(lens[3] - 5.0) < 0.05
     assert all(b1 <= a2 for (_, b1), (a2, _) in zip(segs, segs[1:]))  # ordered, no overlap
-    silences = [(1.5, 2.5), (32.65, 33.45)]
     for a, b in segs:  # no segment covers a silence longer than min_silence
-        assert not any(a / 16000 < s0 + 0.1 and b / 16000 > s1 - 0.1 for s0, s1 in silences)
-    # the 1 s burst is the only speech left out
-    total_speech = sum(lens)
-    assert abs(total_speech - (30.15 + 5.0)) < 0.1
+        assert not any(a < s0 + 0.1 and b > s1 - 0.1 for s0, s1 in [(1.5, 2.5), (32.65, 33.45)])
+    long_region = [(a, b) for a, b in segs if b <= 33.0]
+    assert abs(long_region[0][0] - 2.5) < 0.05 and abs(long_region[-1][1] - 32.65) < 0.05
+    assert all(abs(b1 - a2) < 1e-9 for (_, b1), (a2, _) in zip(long_region, long_region[1:]))  # cut, nothing lost
+    assert 8.45 <= long_region[0][1] <= 8.7  # the first cut is in the short pause, not at an equal split (12.55 s)
+    assert len(segs) == len(long_region) + 1 and abs(lens[-1] - 5.0) < 0.05  # the 1 s burst is dropped
 
 
 def test_segment_bounds_settings():
-    e = np.full(1000, -20.0, np.float32)  # 20 s of speech at 20 ms frames
+    e = np.full(1000, -20.0, np.float32)  # 20 s of even speech at 20 ms frames
     segs = fp.speech_segments(e, 320, 1000 * 320, 16000, fp.SegmentConfig(min_seconds=5.0, max_seconds=6.0))
-    lens = [(b - a) / 16000 for a, b in segs]
-    assert lens == [5.0, 5.0, 5.0, 5.0]  # ceil(20 / 6) = 4 equal pieces of 5 s >= min_seconds
+    assert [(b - a) / 16000 for a, b in segs] == [5.0, 5.0, 5.0, 5.0]  # no quiet moment: an equal split
+    e2 = e.copy()
+    e2[300:305] = -40.0  # a 0.1 s dip at 6 s, too short for a pause
+    segs = fp.speech_segments(e2, 320, 1000 * 320, 16000, fp.SegmentConfig(min_seconds=2.0, max_seconds=12.0))
+    assert [(a / 16000, b / 16000) for a, b in segs][0] == (0.0, pytest.approx(6.04, abs=0.05))  # cut in the dip
     segs = fp.speech_segments(e, 320, 1000 * 320, 16000, fp.SegmentConfig(min_seconds=5.5, max_seconds=6.0))
-    assert [(b - a) / 16000 for a, b in segs] == [6.0, 6.0, 6.0]  # 20 = 3 x 6 + 2 (remainder < 5.5 dropped)
+    assert [(b - a) / 16000 for a, b in segs] == [6.0, 6.0, 6.0]  # no cut fits 5.5-6 s twice in 8 s: the remainder dropped
     assert fp.speech_segments(np.full(50, -90.0, np.float32), 320, 16000, 16000, fp.SegmentConfig()) == []
     with pytest.raises(ValueError, match="segment_max_seconds=1.0 is below segment_min_seconds=2.0"):
         fp.SegmentConfig(min_seconds=2.0, max_seconds=1.0).check()
