@@ -95,7 +95,7 @@ AUDIO_EXTENSIONS = (
 )
 #: soundfile formats read where they are (lossless, exact seeks); other formats are converted
 IN_PLACE_FORMATS = ("WAV", "WAVEX", "FLAC", "RF64", "W64", "AIFF")
-_PREP_VERSION = 1
+_PREP_VERSION = 2  # 2: long regions cut at quiet moments (journals of version 1 are not reused)
 
 
 class NoUsableAudioError(ValueError):
