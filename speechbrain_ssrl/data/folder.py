@@ -470,7 +470,7 @@ def _process_source(task: dict) -> dict:
             return rec
         why, sf_error = _why_convert(path, sr)
         if why:
-            dst = _converted_path(task["cache_folder"], tuple(task["key"]))
+            dst = _converted_path(task["cache_folder"], tuple(task["key"][:3]))  # path, size, time: not the ranges
             if not os.path.isfile(dst):
                 err = _convert(path, dst, sr)
                 if err:

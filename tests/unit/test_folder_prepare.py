@@ -175,6 +175,13 @@ def test_csv_without_speaker_column(tmp_path):
     m2 = [r for r in rows if r["ID"].startswith("m2--")]
     assert all(int(r["start"]) >= 11.5 * 16000 for r in m2)  # within the row's range
     assert all(r["wav"] == str(audio / "meeting.wav") for r in rows if r["ID"].startswith("m"))
+    # a 44.1 kHz recording named by two CSVs with other ranges is converted once
+    sf.write(audio / "talk44k.wav", talk(44100, PATTERN + PATTERN, seed=3), 44100)
+    for k, ranges in enumerate(([(0, 11.5)], [(0, 11.5), (11.5, None)])):
+        lst_k = tmp_path / f"ranges{k}.csv"
+        lst_k.write_text("ID,wav,start,stop\n" + "".join(f"r{j},audio/talk44k.wav,{a},{'' if b is None else b}\n" for j, (a, b) in enumerate(ranges)))
+        prep(lst_k, tmp_path, data_format="csv", save=f"save_r{k}")
+    assert len(list((tmp_path / "cache" / "wav16k").rglob("talk44k-*.wav"))) == 1
     # the same CSV with a speaker column: carried to every segment (diagnostics only)
     lst2 = tmp_path / "list2.csv"
     lst2.write_text("ID,wav,speaker\ncall,%s,alice\n" % (audio / "call.flac"))
