@@ -231,6 +231,7 @@ def evaluate_model(
     det_plot: bool = True,
     save_scores: bool = True,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> Dict[str, Dict[str, float]]:
     """Verification metrics of a model on one or more trial lists.
 
@@ -256,6 +257,8 @@ def evaluate_model(
         cohort_size: cohort utterances drawn at random (seeded); None = all.
         topk: the ``topk`` cohort scores closest to each utterance give its normalisation stats.
         output_folder: when given, results.json, scores_<name>.txt and det_curve.png are written.
+        num_workers: DataLoader worker processes that read the trial and cohort audio (0: this process);
+            the embeddings, and so the scores, do not depend on it.
     Returns:
         ``{name: metrics}`` (see the module docstring).
     """
@@ -301,7 +304,7 @@ def evaluate_model(
             batch_seconds=batch_seconds, max_batch=max_batch, device=device, convert_audio=convert_audio, p_targets=p_targets,
             compute_se=compute_se, norm=norm, cohort_files=cohort_files, cohort_csv=cohort_csv,
             cohort_size=cohort_size, cohort_max_seconds=cohort_max_seconds, topk=topk, seed=seed,
-            det_plot=det_plot, save_scores=save_scores, progress=progress,
+            det_plot=det_plot, save_scores=save_scores, progress=progress, num_workers=num_workers,
         )
 
 
@@ -332,7 +335,7 @@ def _cohort_embeddings(embed_fn, files, cohort_csv, size, seed, exclude, topk, *
 
 def _evaluate(embed_fn, lists, abs_of, data_folders, *, out_dir, max_seconds, batch_seconds, max_batch, device,
               convert_audio, p_targets, compute_se, norm, cohort_files, cohort_csv, cohort_size, cohort_max_seconds, topk, seed,
-              det_plot, save_scores, progress) -> Dict[str, Dict[str, float]]:
+              det_plot, save_scores, progress, num_workers=0) -> Dict[str, Dict[str, float]]:
     rel_files = list(dict.fromkeys(f for _, _, tr in lists for f in _distinct_files(tr)))
 
     logger.info("embedding %d utterances of %d trial list(s)", len(rel_files), len(lists))
@@ -346,6 +349,7 @@ def _evaluate(embed_fn, lists, abs_of, data_folders, *, out_dir, max_seconds, ba
         progress=progress,
         desc="trial embeddings",
         convert_audio=convert_audio,
+        num_workers=num_workers,
     )
     emb_of = {f: emb[i] for i, f in enumerate(rel_files)}
 
@@ -357,7 +361,7 @@ def _evaluate(embed_fn, lists, abs_of, data_folders, *, out_dir, max_seconds, ba
         cohort = _cohort_embeddings(
             embed_fn, cohort_files, cohort_csv, cohort_size, seed, list(abs_of.values()), topk,
             max_seconds=cohort_max_seconds, batch_seconds=batch_seconds, max_batch=max_batch, device=device,
-            progress=progress,
+            progress=progress, num_workers=num_workers,
         )
 
     results: Dict[str, Dict[str, float]] = {}

@@ -163,6 +163,7 @@ def run(hparams_file, hparams, overrides, run_opts, model, out):
         det_plot=bool(hparams.get("det_plot", True)),
         save_scores=bool(hparams.get("save_scores", True)),
         progress=not run_opts["noprogressbar"],
+        num_workers=int(hparams.get("num_workers") or 0),
     )
     print(format_table(results))
     print(f"results: {os.path.join(out, 'results.json')}")

@@ -185,7 +185,9 @@ def true_speaker_ids(csv_path):
 
 
 def initial_labels(brain, hparams):
-    """k-means on the DINO teacher's embeddings (main process), saved and reused; loaded on every rank."""
+    """k-means on the DINO teacher's embeddings, saved and reused. Under DDP every rank embeds its share of the
+    training files (``cluster_num_workers`` DataLoader workers each) and all-gathers; k-means runs on the main
+    process and every rank loads the saved result. The labels are those of a single process."""
     from speechbrain_ssrl.initial_clustering import initial_clustering
 
     model = brain.scoring_model(hparams["embedding_model"])
@@ -200,9 +202,10 @@ def initial_labels(brain, hparams):
         seed=hparams["seed"],
         device=str(brain.device),
         sample_rate=hparams["sample_rate"],
+        num_workers=hparams.get("cluster_num_workers", 0),  # how the audio is read; the embeddings are the same
+        distributed=True,  # every rank takes part (no run_on_main)
     )
-    run_on_main(initial_clustering, kwargs=kwargs)
-    return initial_clustering(**kwargs)  # every rank: loads the saved result
+    return initial_clustering(**kwargs)
 
 
 def run_ssrl(hparams, run_opts):
