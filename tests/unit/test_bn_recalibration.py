@@ -10,29 +10,20 @@ torch.set_num_threads(1)
 
 @torch.no_grad()
 def _old_recalibrate_bn(model, forward, batches):
-    """The hand-written loop that update_bn replaced (reference)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    it = iter(batches)
-    first = next(it, None)
-    if not bns or first is None:
-        return 0
-    was_training = model.training
-    momenta = [bn.momentum for bn in bns]
-    n = 0
-    for bn in bns:
+    """The hand-written loop that update_bn replaced (reference; the model has BN layers, batches are given)."""
+    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    mode = model.training
+    for bn, _ in saved:
         bn.reset_running_stats()
-        bn.momentum = None
+        bn.momentum = None  # cumulative moving average
     model.train()
-    try:
-        x = first
-        while x is not None:
-            forward(x)
-            n += 1
-            x = next(it, None)
-    finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-        model.train(was_training)
+    n = 0
+    for x in batches:
+        forward(x)
+        n += 1
+    for bn, m in saved:
+        bn.momentum = m
+    model.train(mode)
     return n
 
 
