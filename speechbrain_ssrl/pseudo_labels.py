@@ -58,6 +58,8 @@ class PseudoLabelState(StateRecoverable):
         self._rec_hat: List[torch.Tensor] = []
         self._rec_loss: List[torch.Tensor] = []
         self._rec_emb: List[torch.Tensor] = []  # teacher embeddings (fp16), only when relabelling at the epoch end
+        #: the last label-fixed epoch when the Brain ends that phase by a measured agreement (None: not yet)
+        self.fixed_end_epoch: Optional[int] = None
 
     @property
     def n(self) -> int:
@@ -232,6 +234,7 @@ class PseudoLabelState(StateRecoverable):
             "rec_hat": hat,
             "rec_loss": loss,
             "rec_emb": self._local_embeddings(),
+            "fixed_end_epoch": -1 if self.fixed_end_epoch is None else int(self.fixed_end_epoch),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -250,6 +253,8 @@ class PseudoLabelState(StateRecoverable):
         self._rec_hat = [state["rec_hat"]] if state["rec_hat"].numel() else []
         self._rec_loss = [state["rec_loss"]] if state["rec_loss"].numel() else []
         emb = state.get("rec_emb")  # absent in checkpoints of older versions
+        end = int(state.get("fixed_end_epoch", -1))  # idem
+        self.fixed_end_epoch = None if end < 0 else end
         self._rec_emb = [emb] if emb is not None and emb.numel() else []
         if _dist() and torch.distributed.get_rank() != 0:
             # every rank reads the same checkpoint, but only rank 0 holds the running epoch's records

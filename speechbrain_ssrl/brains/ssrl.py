@@ -19,6 +19,12 @@ trains on after the update); epochs E_fix+1.. are the update phase (optional lin
 ``lr_fix_end → lr_start`` over ``update_warmup_epochs``, then cosine ``lr_start → lr_final``), labels
 updated every ``label_update_every`` epochs.
 
+With ``fixed_until_agreement: A`` > 0 the label-fixed phase lasts *at least* E_fix epochs and ends at the end of
+the first epoch ≥ E_fix in which the teacher's raw labels ŷ agree with at least a fraction A of the current
+labels (or at ``fixed_label_max_epochs``, when set); until then the lr stays at ``lr_fix_end`` after its cosine,
+and the update segment (warm-up, cosine) runs over the epochs left after that end. The epoch is kept in the
+checkpointed pseudo-label state (``fixed_end_epoch``), so a resumed run keeps its phases and lr.
+
 Online clustering (``online_clustering``): ŷ is the nearest active prototype of the teacher classifier,
 batch by batch (the paper), optionally with the release's margin-at-the-label rule or a confidence gate;
 or, when ``relabel_prototypes`` is ``mean``/``kmeans`` or ``relabel_assignment`` is ``sinkhorn``, it is
@@ -51,7 +57,7 @@ from speechbrain_ssrl.label_diagnostics import (
 from speechbrain_ssrl.losses import weighted_mean
 from speechbrain_ssrl.online_clustering import RelabelConfig, relabel, row_chunks, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
-from speechbrain_ssrl.schedules import TwoSegmentCosine, set_lr
+from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +147,25 @@ class SSRLBrain(SSLBrainBase):
             p.requires_grad_(False)
         # pruning is part of the checkpointed state: both classifiers follow it
         self._sync_pruning()
-        fix_steps = int(h.fixed_label_epochs) * self.steps_per_epoch
-        warm = int(round(float(getattr(h, "update_warmup_epochs", 0.0)) * self.steps_per_epoch))
-        self.lr_schedule = TwoSegmentCosine(
-            fix_steps, self.total_steps, h.lr_fix_start, h.lr_fix_end, h.lr_start, h.lr_final, upd_warmup_steps=warm
-        )
+        self.build_lr_schedule()
         self.momentum = LinearMomentum(h.ema_start, h.ema_end, self.total_steps)
         if self.epoch == 0 and self.optimizer_step == 0:  # not after a resume inside epoch 1: row 0 exists
             self.log_start()
+
+    def build_lr_schedule(self) -> None:
+        """Two cosine segments split at the end of the label-fixed phase; while that end waits for the
+        teacher's agreement, the label-fixed cosine over E_fix epochs and then its end value."""
+        h = self.hparams
+        end = self.fixed_end
+        if end is None:
+            fix_steps = int(h.fixed_label_epochs) * self.steps_per_epoch
+            self.lr_schedule = lambda step: cosine(step, fix_steps, h.lr_fix_start, h.lr_fix_end)
+            return
+        warm = int(round(float(getattr(h, "update_warmup_epochs", 0.0)) * self.steps_per_epoch))
+        self.lr_schedule = TwoSegmentCosine(
+            end * self.steps_per_epoch, self.total_steps, h.lr_fix_start, h.lr_fix_end, h.lr_start, h.lr_final,
+            upd_warmup_steps=warm,
+        )
 
     def log_start(self) -> None:
         """History row 0: the k-means labels and the DINO teacher before any SSRL step."""
@@ -178,8 +195,22 @@ class SSRLBrain(SSLBrainBase):
         start = int(self.hparams.fixed_label_epochs) - (int(self.hparams.queue_length) // 2 + 1) + 1
         return epoch >= max(1, start)
 
+    @property
+    def agreement_mode(self) -> bool:
+        """The label-fixed phase ends by the teacher's measured agreement (``fixed_until_agreement`` > 0)."""
+        return bool(self.hparams.update_labels) and float(getattr(self.hparams, "fixed_until_agreement", 0.0) or 0.0) > 0
+
+    @property
+    def fixed_end(self) -> Optional[int]:
+        """The last label-fixed epoch: ``fixed_label_epochs``, or with ``fixed_until_agreement`` the epoch the
+        teacher agreed (None while it has not)."""
+        if not self.agreement_mode:
+            return int(self.hparams.fixed_label_epochs)
+        return self.state.fixed_end_epoch
+
     def in_update_phase(self, epoch: int) -> bool:
-        return epoch > int(self.hparams.fixed_label_epochs)
+        end = self.fixed_end
+        return end is not None and epoch > end
 
     def teacher_uses_vote(self, epoch: int) -> bool:
         """The teacher's loss target is the queue vote from the last label-fixed epoch on: at its end the
@@ -187,10 +218,29 @@ class SSRLBrain(SSLBrainBase):
         return bool(self.hparams.update_labels) and epoch >= int(self.hparams.fixed_label_epochs)
 
     def updates_labels_after(self, epoch: int) -> bool:
-        """Labels are replaced by the queue votes at the end of epoch E_fix, then every ``label_update_every``."""
-        e_fix = int(self.hparams.fixed_label_epochs)
+        """Labels are replaced by the queue votes at the end of the last label-fixed epoch, then every
+        ``label_update_every``."""
+        end = self.fixed_end
         every = max(1, int(self.hparams.label_update_every))
-        return bool(self.hparams.update_labels) and epoch >= e_fix and (epoch - e_fix) % every == 0
+        return bool(self.hparams.update_labels) and end is not None and epoch >= end and (epoch - end) % every == 0
+
+    def decide_fixed_end(self, epoch: int, records: Dict[str, torch.Tensor]) -> Optional[float]:
+        """With ``fixed_until_agreement``: ends the label-fixed phase at this epoch when the teacher's ŷ of the
+        epoch (all ranks' records) agree with at least that fraction of the current labels, or when
+        ``fixed_label_max_epochs`` is reached. Returns the measured agreement (None when not measured)."""
+        h = self.hparams
+        if not self.agreement_mode or self.state.fixed_end_epoch is not None or epoch < int(h.fixed_label_epochs):
+            return None
+        idx, hat = records["idx"], records["hat"].cpu()
+        agree = float((hat == self.state.labels[idx.cpu()]).double().mean()) if idx.numel() else 0.0
+        cap = getattr(h, "fixed_label_max_epochs", None)
+        if agree >= float(h.fixed_until_agreement) or (cap is not None and epoch >= int(cap)):
+            self.state.fixed_end_epoch = int(epoch)
+            logger.info("label-fixed phase ends after epoch %d: teacher agrees with %.3f of the labels "
+                        "(fixed_until_agreement %.3f, fixed_label_max_epochs %s)", epoch, agree,
+                        float(h.fixed_until_agreement), cap)
+            self.build_lr_schedule()
+        return agree
 
     # ------------------------------------------------------------------ step
     def on_fit_batch_start(self, batch, should_step):
@@ -270,11 +320,20 @@ class SSRLBrain(SSLBrainBase):
     def epoch_stats(self) -> Dict[str, float]:
         epoch = self.epoch
         labelling = self.teacher_labelling(epoch)
-        update = self.updates_labels_after(epoch)
         stats: Dict[str, float] = {"momentum": float(self.momentum(self.optimizer_step)), "steps": int(self.optimizer_step)}
         if labelling:
             protos = self.hparams.teacher_classifier.weight.detach().clone()  # before this update (diagnostics)
-            records = self.relabel_at_epoch_end(epoch) if self.relabel_cfg.at_epoch_end else None
+            if self.relabel_cfg.at_epoch_end:
+                records = self.relabel_at_epoch_end(epoch)
+            elif self.agreement_mode and self.state.fixed_end_epoch is None:
+                records = self.state.take_epoch_records()  # all ranks' ŷ, to measure the agreement
+            else:
+                records = None
+            if records is not None:
+                agree = self.decide_fixed_end(epoch, records)
+                if agree is not None:
+                    stats["teacher_agreement"] = agree
+            update = self.updates_labels_after(epoch)
             st = self.state.end_epoch(update_labels=update, prune=bool(self.hparams.prune_clusters), records=records)
             newly, previous = st.pop("newly_pruned"), st.pop("previous_labels")
             if newly.numel():
