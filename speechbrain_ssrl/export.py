@@ -425,7 +425,7 @@ def _check_same_function(module: torch.nn.Module, rebuilt: torch.nn.Module, kw: 
 # writing
 # --------------------------------------------------------------------------------------------------
 def template_path() -> str:
-    """The inference yaml template shipped with the package (copy of the repository's hparams/)."""
+    """The inference yaml template shipped with the package (``speechbrain_ssrl/hparams``, its only copy)."""
     try:
         from importlib.resources import files
 
@@ -435,9 +435,9 @@ def template_path() -> str:
     except (ImportError, ModuleNotFoundError, TypeError):
         pass
     here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.path.join(here, "hparams", TEMPLATE_NAME), os.path.join(os.path.dirname(here), "hparams", TEMPLATE_NAME)):
-        if os.path.isfile(cand):
-            return cand
+    cand = os.path.join(here, "hparams", TEMPLATE_NAME)
+    if os.path.isfile(cand):
+        return cand
     raise FileNotFoundError(f"inference template {TEMPLATE_NAME} not found (reinstall speechbrain-ssrl)")
 
 
