@@ -271,6 +271,10 @@ class SSLBrainBase(sb.Brain):
         """Cosine EER (%) and minDCF of ``model`` (default: the teacher) on the validation trials."""
         trials = getattr(self.hparams, "valid_trials", None)
         if not trials or not os.path.exists(trials):
+            if not getattr(self, "_said_no_validation", False):  # once per run, not every epoch
+                logger.info("no validation: valid_trials %s (give a trial list to validate the teacher)",
+                            f"{trials} does not exist" if trials else "is not set")
+                self._said_no_validation = True
             return {}
         from speechbrain_ssrl.evaluation import evaluate_model
 
@@ -279,6 +283,7 @@ class SSLBrainBase(sb.Brain):
             self.embed_fn(m),
             trial_files=[trials],
             data_folders=self.hparams.valid_data_folders,
+            trial_paths=str(getattr(self.hparams, "valid_trial_paths", "wav")),
             max_seconds=getattr(self.hparams, "valid_max_seconds", None),
             progress=not self.noprogressbar,
         )
@@ -304,7 +309,8 @@ class SSLBrainBase(sb.Brain):
         ):
             t0 = time.time()
             valid = self.validate()
-            valid["valid_seconds"] = round(time.time() - t0, 1)
+            if valid:  # nothing validated (no trial list): no column
+                valid["valid_seconds"] = round(time.time() - t0, 1)
         stats.update(valid)
         # every rank calls log_stats: it is @main_process_only and broadcasts its result, so a call on the main
         # process alone desynchronises the next collective (the checkpoint save) under DDP
