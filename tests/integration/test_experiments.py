@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from recipe_utils import RECIPE, TINY_DINO
 
 SYSTEMS = {"dino", "iterative_r1", "iterative_r2", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"}
@@ -95,6 +97,9 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, tmp_path):
     assert res2["paired_vs_ssrl"] == res["paired_vs_ssrl"]
 
 
+# 70 s on the 2-core CI machine: with the slow tests (the oracle start is unit-tested in test_oracle_start.py and
+# run_experiments end to end by the test above), to keep the CI suite under 15 minutes
+@pytest.mark.slow
 def test_label_correction_bench_variants_and_supervised_ceiling(minivox_ci, dino_ci, tmp_path):
     """--start oracle (true labels, 50 % randomised) for an SSRL row and a --variant row, plus the supervised
     ceiling (true labels, fixed); the baseline is left out with --systems."""
