@@ -60,7 +60,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from speechbrain_ssrl.data.voxceleb import CSV_HEADER, SKIPPED_FILE, _riff_truncation
+from speechbrain_ssrl.data.voxceleb import CSV_HEADER, SKIPPED_FILE, _riff_truncation, _sha1
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -552,14 +552,6 @@ def _run_tasks(tasks: List[dict], jobs: int, journal: str, progress: bool) -> It
 
 
 # ---------------------------------------------------------------------------------------- preparation
-def _sha1_file(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
-
-
 def _id_of(rel: str) -> str:
     return rel.replace(os.sep, "/").replace("/", "--")
 
@@ -585,7 +577,7 @@ def folder_preparation_options(
         "exclude": sorted(os.path.abspath(e) for e in exclude if e),
     }
     if data_format == "csv" and os.path.isfile(data_folder):
-        opts["csv_sha1"] = _sha1_file(data_folder)
+        opts["csv_sha1"] = _sha1(data_folder)
     return opts
 
 
