@@ -35,10 +35,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "VoxCeleb", "SSRL")
 
 
-class _Skip(Exception):
-    """--compare_only: the scorers are not run."""
-
-
 def read_scores(path: str) -> dict:
     """``enrol test label score`` lines → {(enrol, test): (label, score)} with ids without ``.wav``."""
     out = {}
@@ -96,27 +92,25 @@ def main(argv=None) -> dict:
     sb_out, ours_out = os.path.join(out, "speechbrain"), os.path.join(out, "ssrl")
     sb_seconds = ours_seconds = None
     # 1. SpeechBrain's scorer, in a scratch copy of its recipes/VoxCeleb layout
-    work = None if a.compare_only else tempfile.mkdtemp(prefix="sb_scorer-", dir=out)
-    try:
-        if work is None:
-            raise _Skip
-        os.makedirs(os.path.join(work, "SpeakerRec"))
-        shutil.copy(script, os.path.join(work, "SpeakerRec"))
-        shutil.copy(os.path.join(vox, "voxceleb_prepare.py"), work)
-        shutil.rmtree(sb_out, ignore_errors=True)
-        cmd = [sys.executable, "speaker_verification_cosine.py", os.path.join(RECIPE, "hparams", "verification_speechbrain.yaml"),
-               f"--data_folder={data}", f"--verification_file={trials}", f"--pretrain_path={model}",
-               f"--output_folder={sb_out}", f"--channels={json.dumps(arch['channels'])}",
-               f"--lin_neurons={arch['lin_neurons']}", f"--attention_channels={arch['attention_channels']}",
-               f"--se_channels={arch['se_channels']}", "--device=cpu"]
-        t0 = time.time()
-        with open(os.path.join(out, "speechbrain.log"), "w") as log:
-            subprocess.run(cmd, cwd=os.path.join(work, "SpeakerRec"), env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
-        sb_seconds = time.time() - t0
-    except _Skip:
-        pass
-    finally:
-        if work is not None:
+    if not a.compare_only:
+        work = tempfile.mkdtemp(prefix="sb_scorer-", dir=out)
+        try:
+            os.makedirs(os.path.join(work, "SpeakerRec"))
+            shutil.copy(script, os.path.join(work, "SpeakerRec"))
+            shutil.copy(os.path.join(vox, "voxceleb_prepare.py"), work)
+            shutil.rmtree(sb_out, ignore_errors=True)
+            cmd = [sys.executable, "speaker_verification_cosine.py",
+                   os.path.join(RECIPE, "hparams", "verification_speechbrain.yaml"),
+                   f"--data_folder={data}", f"--verification_file={trials}", f"--pretrain_path={model}",
+                   f"--output_folder={sb_out}", f"--channels={json.dumps(arch['channels'])}",
+                   f"--lin_neurons={arch['lin_neurons']}", f"--attention_channels={arch['attention_channels']}",
+                   f"--se_channels={arch['se_channels']}", "--device=cpu"]
+            t0 = time.time()
+            with open(os.path.join(out, "speechbrain.log"), "w") as log:
+                subprocess.run(cmd, cwd=os.path.join(work, "SpeakerRec"), env=env, check=True, stdout=log,
+                               stderr=subprocess.STDOUT)
+            sb_seconds = time.time() - t0
+        finally:
             shutil.rmtree(work, ignore_errors=True)
     sb_scores = read_scores(os.path.join(sb_out, "scores.txt"))
     with open(os.path.join(sb_out, "log.txt"), encoding="utf-8") as f:  # what the script itself reported
