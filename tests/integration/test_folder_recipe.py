@@ -5,71 +5,48 @@ folder without usable audio and an unknown data format are refused in one line."
 import csv
 import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from speechbrain_ssrl.data.minivox_archive import ArchiveConfig, build_archive, count_crossing_segments, read_turns
 from recipe_utils import TINY_DINO, history, run_recipe
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
 
-def long_recordings(minivox, out, n_speakers=4):
-    """One recording per speaker: its training utterances joined with 0.6 s pauses, in mixed formats."""
-    wav = os.path.join(minivox, "wav")
-    speakers = sorted(os.listdir(wav))[-n_speakers:]
-    os.makedirs(out, exist_ok=True)
-    made = []
-    for i, spk in enumerate(speakers):
-        parts = []
-        for root, _, files in sorted(os.walk(os.path.join(wav, spk))):
-            for name in sorted(files):
-                x, sr = sf.read(os.path.join(root, name), dtype="float32")
-                parts += [x, np.zeros(int(0.6 * sr), np.float32)]
-        x = np.concatenate(parts)
-        base = os.path.join(out, f"session{i}")
-        if i % 4 == 0:
-            sf.write(base + ".flac", np.stack([x, x], 1), sr)  # resampled to 44.1 kHz below
-            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", base + ".flac", "-ar", "44100",
-                            base + "_44k.flac"], check=True)
-            os.remove(base + ".flac")
-        elif i % 4 == 1:
-            sf.write(base + ".wav", x, sr)
-            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", base + ".wav", base + ".mp3"], check=True)
-            os.remove(base + ".wav")
-        elif i % 4 == 2:
-            subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "f32le", "-ar", str(sr), "-ac", "1",
-                            "-i", "-", "-ar", "8000", base + "_8k.wav"], input=x.tobytes(), check=True)
-        else:
-            sf.write(base + ".wav", x, sr)
-        made.append(spk)
-    return made
+def mixed_archive(minivox, out, seed=0):
+    """The worked example's archive (``minivox_archive.build_archive``) of the CI MiniVox: long recordings in
+    FLAC 44.1 kHz stereo, MP3 22.05 kHz, WAV 8 kHz and WAV 16 kHz, some with two speakers in turns."""
+    return build_archive(minivox, out, ArchiveConfig(seed=seed, format_weights=(1, 1, 1, 1)), progress=False)
 
 
 @needs_ffmpeg
 def test_dino_on_a_folder_of_mixed_recordings(minivox_ci, tmp_path, monkeypatch):
     archive = str(tmp_path / "archive")
-    long_recordings(minivox_ci, archive, n_speakers=3)  # flac 44.1 kHz stereo, mp3, 8 kHz wav
+    info = mixed_archive(minivox_ci, archive)
+    n_converted = info["recordings"] - info["formats"].get("wav_16k", 0)
+    assert n_converted >= 2, info["formats"]
     out = str(tmp_path / "dino_folder")
     env_cache = str(tmp_path / "cache")
     monkeypatch.setenv("SSRL_CACHE", env_cache)  # converted audio and the journal (default ~/.cache)
-    run_recipe(
+    run_recipe(  # noise/ and rir/ of the archive are found by the yaml's defaults, and not taken as training audio
         "train.py", "hparams/minivox/dino_ecapa.yaml", "--data_format=folder", f"--data_folder={archive}",
-        f"--noise_folder={minivox_ci}/noise", f"--rir_folder={minivox_ci}/rir", f"--output_folder={out}",
-        "--number_of_epochs=1", *TINY_DINO,
+        f"--output_folder={out}", "--number_of_epochs=1", "--segment_max_seconds=8", "--prep_jobs=1", *TINY_DINO,
     )
     with open(os.path.join(out, "save", "train.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) >= 12 and {r["spk_id"] for r in rows} == {""}
-    assert all(2.0 <= float(r["duration"]) <= 12.0 for r in rows)
-    assert {os.path.basename(r["wav"]).split("-")[0] for r in rows} >= {"session0_44k", "session1", "session2_8k"}
+    assert all(2.0 <= float(r["duration"]) <= 8.0 for r in rows)  # the yaml keys segment_min/max_seconds
+    assert all(r["ID"].startswith("recordings--") for r in rows)  # not noise/ or rir/
     with open(os.path.join(out, "save", "conversions.tsv")) as f:
-        assert len(f.readlines()) == 1 + 3  # header + flac 44.1 kHz stereo, mp3, 8 kHz wav
+        assert len(f.readlines()) == 1 + n_converted  # header + every recording that is not 16 kHz mono wav
+    counts = count_crossing_segments(os.path.join(out, "save", "train.csv"), archive)
+    assert counts["unmatched"] == 0 and counts["speakers_found"] == info["speakers"] and counts["segments"] == len(rows)
     with open(os.path.join(out, "log.txt")) as f:  # the preparation's summary, in the run's log
         log = f.read()
-    assert "data preparation: 3 file(s) converted to 16000 Hz mono wav with ffmpeg" in log
+    assert f"data preparation: {n_converted} file(s) converted to 16000 Hz mono wav with ffmpeg" in log
     assert "no speaker labels" in log
     assert os.path.isfile(os.path.join(out, "pretrained", "embedding_model.ckpt"))
     assert [r["epoch"] for r in history(out)] == ["1"]
@@ -105,8 +82,8 @@ def test_dino_on_a_csv_without_speaker_column(minivox_ci, tmp_path, monkeypatch)
     """data_format: csv with ranges in seconds and no speaker column trains; the ranges are respected."""
     monkeypatch.setenv("SSRL_CACHE", str(tmp_path / "cache"))
     archive = str(tmp_path / "archive")
-    long_recordings(minivox_ci, archive, n_speakers=4)
-    names = sorted(os.listdir(archive))
+    mixed_archive(minivox_ci, archive)
+    names = sorted(read_turns(archive))
     lst = tmp_path / "list.csv"
     with open(lst, "w") as f:
         f.write("ID,wav,start,stop\n")

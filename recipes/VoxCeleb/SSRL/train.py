@@ -63,9 +63,9 @@ def staging_folder(hparams) -> str:
 
 def folder_prep_kwargs(hparams, save_folder=None):
     """The arguments of ``prepare_folder`` (``data_format: folder`` or ``csv``; speechbrain_ssrl/data/folder.py).
-    Optional yaml keys: ``segment_min_seconds`` / ``segment_max_seconds`` (2 / 12), ``audio_cache_folder``
-    (converted audio and the journal of prepared files; default ``folder.default_cache_folder``), ``prep_jobs``
-    (worker processes; default all CPUs). The output, noise and RIR folders are not scanned."""
+    yaml keys ``segment_min_seconds`` / ``segment_max_seconds`` (2 / 12 when absent), ``audio_cache_folder``
+    (converted audio and the journal of prepared files; null: ``folder.default_cache_folder``), ``prep_jobs``
+    (worker processes; null: all CPUs). The output, noise and RIR folders are not scanned."""
     return {
         "data_folder": hparams["data_folder"],
         "save_folder": save_folder or hparams["save_folder"],
