@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from speechbrain_ssrl.embeddings import length_batches
+
 logger = logging.getLogger("speechbrain_ssrl.embed")
 
 __all__ = ["Item", "list_items", "read_item", "embed_items", "main"]
@@ -166,28 +168,10 @@ def read_item(item: Item, sample_rate: int = 16000, max_seconds: Optional[float]
 
 
 # ------------------------------------------------------------------------------------------ batching
-def _batches(lengths: Sequence[int], batch_size: int, batch_seconds: float, sample_rate: int, pad: bool) -> List[List[int]]:
-    """Index batches of a chunk: equal lengths only (exact), or by length with padding (``pad``)."""
-    cap = max(1, int(batch_seconds * sample_rate))
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    out: List[List[int]] = []
-    cur: List[int] = []
-    for i in order:
-        longest = lengths[cur[0]] if cur else lengths[i]
-        same = not cur or lengths[i] == longest
-        if cur and (len(cur) >= batch_size or (len(cur) + 1) * longest > cap or (not pad and not same)):
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
-
-
 @torch.no_grad()
 def _embed_chunk(embed_fn, wavs: List[torch.Tensor], batch_size, batch_seconds, sample_rate, pad, device) -> np.ndarray:
     embs: List[Optional[np.ndarray]] = [None] * len(wavs)
-    for b in _batches([len(w) for w in wavs], batch_size, batch_seconds, sample_rate, pad):
+    for b in length_batches([len(w) for w in wavs], max(1, int(batch_seconds * sample_rate)), batch_size, pad):
         T = max(len(wavs[i]) for i in b)
         x = torch.zeros(len(b), T)
         for j, i in enumerate(b):

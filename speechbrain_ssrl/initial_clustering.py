@@ -327,4 +327,5 @@ def _embed_all(embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_sec
         embed_fn, wavs, durations=durations, max_seconds=max_seconds, batch_seconds=batch_seconds,
         max_batch=max_batch, device=device, normalize=True, progress=progress, desc="initial clustering: embeddings",
         sample_rate=sample_rate, read_fn=read, num_workers=num_workers, distributed=distributed,
+        pad=True,  # padded batches of similar length: far fewer passes over 10^6 training files (embeddings.py)
     )

@@ -78,13 +78,45 @@ def test_workers_give_the_same_embeddings_in_the_same_order(tmp_path, max_second
     paths, _ = _corpus(str(tmp_path / "c"))
     fn = _embed_fn()
     ref = _reference(fn, paths, _durations(paths), max_seconds)
-    kw = dict(max_seconds=max_seconds, batch_seconds=3.0, max_batch=4, progress=False)
+    kw = dict(max_seconds=max_seconds, batch_seconds=3.0, max_batch=4, progress=False, pad=True)
     rng_before = torch.get_rng_state()
     one = extract_embeddings(fn, paths, num_workers=0, **kw)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the loader's seed draw uses its own generator
     two = extract_embeddings(fn, paths, num_workers=2, **kw)
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert torch.equal(one, ref) and torch.equal(two, ref)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_default_batches_give_each_file_its_embedding_alone(tmp_path, num_workers):
+    """Without padding (the default) a file's embedding is that of the file alone, whatever shares its batch;
+    files of equal length still share one forward pass; padded batches change the shorter files."""
+    paths, _ = _corpus(str(tmp_path / "c"), n=7)
+    rng = np.random.default_rng(5)
+    for k in range(3):  # three files of one length: one batch, one pass
+        p = str(tmp_path / "c" / f"same{k}.wav")
+        sf.write(p, (0.1 * rng.standard_normal(SR)).astype(np.float32), SR)
+        paths.append(p)
+    fn = _embed_fn()
+    calls = []
+    counting = lambda x, lens: calls.append((x.shape[0], bool((lens == 1).all()))) or fn(x, lens)  # noqa: E731
+    got = extract_embeddings(counting, paths, batch_seconds=30.0, max_batch=16, progress=False, num_workers=num_workers)
+    for i, p in enumerate(paths):
+        alone = read_audio_file(p, None, SR)[0][None]
+        ref = torch.nn.functional.normalize(fn(alone, torch.ones(1)).float(), dim=-1)[0]
+        assert torch.allclose(got[i], ref, atol=1e-6), p  # equal up to float rounding of a batched pass
+    assert all(full for _, full in calls) and (3, True) in calls and len(calls) == 8  # 7 lengths + the 3 equal files
+    padded = extract_embeddings(fn, paths, batch_seconds=30.0, max_batch=16, progress=False, pad=True)
+    assert not torch.allclose(padded, got)
+
+
+def test_equal_header_durations_with_different_decoded_lengths_are_not_padded():
+    from speechbrain_ssrl.embeddings import _equal_length_groups, length_batches
+
+    assert length_batches([2.0, 3.0, 2.0, 2.0, 1.0], budget=100, max_batch=8, pad=False) == [[1], [0, 2, 3], [4]]
+    assert length_batches([2.0, 3.0, 2.0, 2.0, 1.0], budget=100, max_batch=8, pad=True) == [[1, 0, 2, 3, 4]]
+    assert length_batches([2.0, 2.0, 2.0], budget=4.0, max_batch=8, pad=False) == [[0, 1], [2]]
+    assert _equal_length_groups([32000, 31999, 32000]) == [[0, 2], [1]]
 
 
 def test_workers_convert_and_refuse_like_one_process(tmp_path, caplog):
@@ -96,7 +128,7 @@ def test_workers_convert_and_refuse_like_one_process(tmp_path, caplog):
     with open(broken, "w") as f:
         f.write("text")
     fn = _embed_fn()
-    kw = dict(batch_seconds=3.0, max_batch=4, progress=False)
+    kw = dict(batch_seconds=3.0, max_batch=4, progress=False, pad=True)
     with caplog.at_level("WARNING"):
         a = extract_embeddings(fn, paths + [stereo], num_workers=2, **kw)
     assert "stereo8k.wav: 2 channels averaged to mono, resampled from 8000 Hz" in caplog.text  # notes from a worker
@@ -136,12 +168,13 @@ def _ddp_worker(rank, world, port, folder, out):
         paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.startswith("u"))
         fn = _embed_fn()
         kw = dict(batch_seconds=3.0, max_batch=4, progress=False)
-        single = extract_embeddings(fn, paths, **kw)  # distributed=False: this rank alone, no collective
+        kwp = dict(kw, pad=True)  # the padded batches of the initial clustering
+        single = extract_embeddings(fn, paths, **kwp)  # distributed=False: this rank alone, no collective
         calls = []
         sharded = extract_embeddings(lambda x, lens: calls.append(x.shape[0]) or fn(x, lens), paths, distributed=True,
-                                     num_workers=1, **kw)
+                                     num_workers=1, **kwp)
         emb, kept, bad = extract_readable_embeddings(fn, paths + [os.path.join(folder, "broken.txt")],
-                                                     distributed=True, **kw)
+                                                     distributed=True, **kwp)
         res = initial_clustering(fn, os.path.join(folder, "train.csv"), os.path.join(out, "clu"), 3, seed=0,
                                  distributed=True, num_workers=1, **kw)
         # a file that fails on one rank only: every rank raises (no rank left waiting in a collective)
@@ -149,7 +182,7 @@ def _ddp_worker(rank, world, port, folder, out):
         victim = paths[order[1][0]]  # in rank 1's shard
         err = None
         try:
-            extract_embeddings(fn, paths, distributed=True, read_fn=_failing_reader(paths, victim), **kw)
+            extract_embeddings(fn, paths, distributed=True, read_fn=_failing_reader(paths, victim), **kwp)
         except Exception as e:  # noqa: BLE001
             err = f"{type(e).__name__}: {e}"
         torch.save(dict(single=single, sharded=sharded, calls=calls, emb=emb, kept=kept, bad=bad, labels=res["labels"],

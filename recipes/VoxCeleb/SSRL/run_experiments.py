@@ -296,7 +296,8 @@ def evaluate(model_folder: str, out_dir: str, trials: List[str], data_folder: st
     from speechbrain_ssrl.evaluation import evaluate_model
 
     ckpt = os.path.join(model_folder, "pretrained", "embedding_model.ckpt")
-    stamp = {"model": file_stamp(ckpt), "trials": [os.path.abspath(t) for t in trials]}
+    # "batches": evaluations before equal-length batches (embeddings.py, pad=False) are computed again
+    stamp = {"model": file_stamp(ckpt), "trials": [os.path.abspath(t) for t in trials], "batches": "equal-length"}
     res_path, stamp_path = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "stamp.json")
     if stamp_matches(stamp_path, stamp) and os.path.exists(res_path):
         return read_json(res_path)
