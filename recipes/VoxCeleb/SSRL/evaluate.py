@@ -4,7 +4,8 @@
     python evaluate.py hparams/verification.yaml --model=<folder> --data_folder=<root> [--trials=a.txt,b.txt]
         [--score_norm=as-norm --cohort_csv=<training output>/save/train.csv] [--device=cuda:0]
 
-Embeds every utterance named by the trial lists once (full length, batched by length), scores the
+Embeds every utterance named by the trial lists once (full length; only files of equal length share a
+forward pass, so an embedding is that of the file alone), scores the
 trials by cosine similarity (and optionally AS-norm against an unlabelled cohort) and writes
 ``results.json`` ({"<list>": {"eer": %, "eer_se": %, "min_dcf_0.01", "min_dcf_0.05", "n_trials", ...}}),
 ``scores_<list>.txt`` and ``det_curve.png`` to the output folder (see hparams/verification.yaml).
