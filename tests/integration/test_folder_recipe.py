@@ -23,7 +23,9 @@ def mixed_archive(minivox, out, seed=0):
 
 
 @needs_ffmpeg
-def test_dino_on_a_folder_of_mixed_recordings(minivox_ci, tmp_path, monkeypatch):
+def test_dino_then_ssrl_on_a_folder_of_mixed_recordings(minivox_ci, tmp_path, monkeypatch):
+    """The worked example in miniature: DINO, then SSRL from it, through the folder preparation; SSRL's
+    history.csv holds the label-free health columns and none that need true speakers (issue #15, item 2)."""
     archive = str(tmp_path / "archive")
     info = mixed_archive(minivox_ci, archive)
     n_converted = info["recordings"] - info["formats"].get("wav_16k", 0)
@@ -51,6 +53,25 @@ def test_dino_on_a_folder_of_mixed_recordings(minivox_ci, tmp_path, monkeypatch)
     assert os.path.isfile(os.path.join(out, "pretrained", "embedding_model.ckpt"))
     assert [r["epoch"] for r in history(out)] == ["1"]
     assert os.path.isdir(os.path.join(env_cache, "prepared"))
+
+    rows_dino = rows
+    ssrl = str(tmp_path / "ssrl_folder")
+    run_recipe(
+        "train.py", "hparams/minivox/ssrl_ecapa.yaml", "--data_format=folder", f"--data_folder={archive}",
+        f"--dino_folder={out}", f"--output_folder={ssrl}", "--K0=12", "--fixed_label_epochs=1", "--number_of_epochs=2",
+        "--queue_length=1", "--segment_max_seconds=8", "--prep_jobs=1", *TINY_DINO[:6],
+    )
+    with open(os.path.join(ssrl, "save", "train.csv"), newline="") as f:
+        assert list(csv.DictReader(f)) == rows_dino  # the same segments (the preparation's journal)
+    rows = history(ssrl)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    cols = set(rows[0])
+    assert {"n_clusters", "labels_changed", "hat_changed", "mean_p", "frac_noisy", "size_median"} <= cols
+    assert not cols & {"nmi", "purity", "accuracy", "hat_nmi", "label_correct", "max_speakers_per_home", "eer"}
+    assert all(r["hat_changed"] != "" and 0.0 <= float(r["hat_changed"]) <= 1.0 for r in rows[1:])
+    assert 1 <= int(rows[-1]["n_clusters"]) <= 12
+    assert not os.path.exists(os.path.join(ssrl, "label_merges.csv"))
+    assert os.path.isfile(os.path.join(ssrl, "pretrained", "embedding_model.ckpt"))
 
 
 def test_folder_without_audio_and_unknown_format_refused(tmp_path, monkeypatch):
@@ -102,3 +123,4 @@ def test_dino_on_a_csv_without_speaker_column(minivox_ci, tmp_path, monkeypatch)
         first = r["ID"].split("--")[0].endswith("a")
         assert (int(r["stop"]) <= 12 * 16000) if first else (int(r["start"]) >= 12 * 16000), r
     assert [x["epoch"] for x in history(out)] == ["1"]
+
