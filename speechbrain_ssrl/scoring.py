@@ -425,3 +425,55 @@ def trial_metrics(
         out[f"min_dcf_{float(p):g}"] = m[f"min_dcf_{float(p):g}"]
     out.update(n_trials=int(len(pos) + len(neg)), n_target=int(len(pos)), n_nontarget=int(len(neg)))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Two systems on the same trials
+# --------------------------------------------------------------------------------------------------
+def read_score_file(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``scores_<list>.txt`` of ``evaluate.py`` (``enrol test label score`` per line) → (enrol speakers,
+    test speakers, labels, scores)."""
+    a, b, lab, sc = [], [], [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) != 4:
+                raise ValueError(f"{path}:{n}: expected 'enrol test label score', got {line.strip()!r}")
+            a.append(speaker_of(parts[0]))
+            b.append(speaker_of(parts[1]))
+            lab.append(int(parts[2]))
+            sc.append(float(parts[3]))
+    return np.array(a), np.array(b), np.array(lab), np.array(sc)
+
+
+def paired_eer_difference(scores_x: str, scores_ref: str) -> Tuple[float, float]:
+    """EER(x) − EER(ref) in points from two score files of the same trials, with its leave-one-test-speaker-out
+    (jackknife) standard error: each left-out speaker removes all its trials from both systems."""
+    a, b, lx, sx = read_score_file(scores_x)
+    a2, b2, lr, sr = read_score_file(scores_ref)
+    if not (np.array_equal(lx, lr) and np.array_equal(a, a2) and np.array_equal(b, b2)):
+        raise ValueError(f"{scores_x} and {scores_ref} do not score the same trials in the same order")
+    fx, fr = _fast_eer_stat(sx, lx), _fast_eer_stat(sr, lr)
+    value, se, _ = leave_one_speaker_out(lambda m: fx(m) - fr(m), a, b)
+    return value, se
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m speechbrain_ssrl.scoring X REF``: the paired EER difference of two ``evaluate.py`` score files."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m speechbrain_ssrl.scoring",
+                                 description="EER(X) - EER(REF) on the same trials, with its leave-one-speaker-out SE")
+    ap.add_argument("x", help="scores_<list>.txt of system X (evaluate.py)")
+    ap.add_argument("ref", help="scores_<list>.txt of the reference system, same trials")
+    a = ap.parse_args(argv)
+    _, _, lx, sx = read_score_file(a.x)
+    _, _, lr, sr = read_score_file(a.ref)
+    d, se = paired_eer_difference(a.x, a.ref)
+    print(json.dumps({"eer_x": eer_of_trials(sx, lx), "eer_ref": eer_of_trials(sr, lr), "diff": d, "se": se,
+                      "holds": bool(abs(d) > 2 * se), "n_trials": int(len(lx))}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "recipes", "VoxCeleb", "SSRL")
@@ -52,26 +51,11 @@ def history(folder):
         return list(csv.DictReader(f))
 
 
-def read_scores(path):
-    """scores_<list>.txt lines: enrol test label score."""
-    enrol, test, lab, sc = [], [], [], []
-    with open(path) as f:
-        for line in f:
-            e, t, l, s = line.split()
-            enrol.append(e.split("/")[0]); test.append(t.split("/")[0]); lab.append(int(l)); sc.append(float(s))
-    return np.array(enrol), np.array(test), np.array(lab), np.array(sc)
-
-
 def paired_difference(scores_a, scores_b):
     """EER(a) − EER(b) in points with its leave-one-test-speaker-out standard error (same trials)."""
-    from speechbrain_ssrl.scoring import eer_of_trials, leave_one_speaker_out
+    from speechbrain_ssrl.scoring import paired_eer_difference
 
-    ea, ta, la, sa = read_scores(scores_a)
-    _, _, lb, sb_ = read_scores(scores_b)
-    if not np.array_equal(la, lb):
-        raise ValueError(f"{scores_a} and {scores_b} do not score the same trials")
-    value, se, _ = leave_one_speaker_out(lambda m: eer_of_trials(sa[m], la[m]) - eer_of_trials(sb_[m], la[m]), ea, ta)
-    return value, se
+    return paired_eer_difference(scores_a, scores_b)
 
 
 def main():

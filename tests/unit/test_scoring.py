@@ -159,3 +159,31 @@ def test_bad_input():
         score_trials(emb, [(1, "a", "c")])
     with pytest.raises(ValueError, match="cohort"):
         asnorm(torch.zeros(1), torch.ones(1, 4), torch.ones(1, 4), torch.ones(1, 4))
+
+
+def test_paired_eer_difference_of_two_score_files(tmp_path, capsys):
+    import json
+
+    from speechbrain_ssrl.scoring import eer_of_trials, main, paired_eer_difference, read_score_file
+
+    rng = np.random.default_rng(0)
+    lines_x, lines_r = [], []
+    for k in range(400):
+        a, b = f"id{k % 8:02d}/v/1.wav", f"id{(k * 3) % 8:02d}/w/2.wav"
+        lab = int(k % 2 == 0)
+        lines_x.append(f"{a} {b} {lab} {rng.normal(1.0 * lab, 1.0):.5f}\n")
+        lines_r.append(f"{a} {b} {lab} {rng.normal(0.5 * lab, 1.0):.5f}\n")
+    (tmp_path / "x.txt").write_text("".join(lines_x))
+    (tmp_path / "r.txt").write_text("".join(lines_r))
+    ea, eb, lab, sx = read_score_file(str(tmp_path / "x.txt"))
+    assert ea[0] == "id00" and lab[:2].tolist() == [1, 0]
+    _, _, _, sr = read_score_file(str(tmp_path / "r.txt"))
+    d, se = paired_eer_difference(str(tmp_path / "x.txt"), str(tmp_path / "r.txt"))
+    assert d == pytest.approx(eer_of_trials(sx, lab) - eer_of_trials(sr, lab), abs=1e-9)
+    assert d < 0 and 0 < se < abs(d)
+    main([str(tmp_path / "x.txt"), str(tmp_path / "r.txt")])
+    out = json.loads(capsys.readouterr().out)
+    assert out["diff"] == pytest.approx(d) and out["n_trials"] == 400 and out["holds"] == bool(abs(d) > 2 * se)
+    (tmp_path / "other.txt").write_text("".join(lines_r[:-1]))
+    with pytest.raises(ValueError, match="do not score the same trials"):
+        paired_eer_difference(str(tmp_path / "x.txt"), str(tmp_path / "other.txt"))

@@ -370,32 +370,11 @@ def oracle_start_file(dino: str, train_csv: str, train_rows: List[Dict[str, str]
     return path, k, info
 
 
-def read_scores(path: str):
-    """``scores_<list>.txt`` (``enrol test label score`` per line) → speakers, labels, scores."""
-    from speechbrain_ssrl.scoring import speaker_of
-
-    a, b, lab, sc = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            e, t, l, s = line.split()
-            a.append(speaker_of(e))
-            b.append(speaker_of(t))
-            lab.append(int(l))
-            sc.append(float(s))
-    return np.array(a), np.array(b), np.array(lab), np.array(sc)
-
-
 def paired_difference(scores_x: str, scores_ref: str):
     """EER(x) − EER(ref) in points, with its leave-one-test-speaker-out (jackknife) standard error."""
-    from speechbrain_ssrl import scoring
+    from speechbrain_ssrl.scoring import paired_eer_difference
 
-    a, b, lx, sx = read_scores(scores_x)
-    a2, b2, lr, sr = read_scores(scores_ref)
-    if not (np.array_equal(lx, lr) and np.array_equal(a, a2) and np.array_equal(b, b2)):
-        raise ValueError(f"{scores_x} and {scores_ref} do not score the same trials")
-    fx, fr = scoring._fast_eer_stat(sx, lx), scoring._fast_eer_stat(sr, lr)
-    value, se, _ = scoring.leave_one_speaker_out(lambda m: fx(m) - fr(m), a, b)
-    return value, se
+    return paired_eer_difference(scores_x, scores_ref)
 
 
 def clustering_seconds(path: str) -> float:
