@@ -642,6 +642,8 @@ def parse_args(argv=None):
     b.add_argument("--ssrl_epochs", type=int, default=None, help="epochs of every SSRL run (default: rounds x epochs_per_round)")
     b.add_argument("--dino_epochs", type=int, default=None, help="DINO epochs (default: the yaml's)")
     b.add_argument("--dino_folder", default=None, help="reuse this finished DINO run (same architecture) instead of training one")
+    b.add_argument("--teacher_label", default="DINO teacher (stage 1, initialisation of all)",
+                   help="the tables' name of the starting teacher (e.g. when --dino_folder is a diagnostic, not DINO)")
     b.add_argument("--validate_every", type=int, default=None,
                    help="epochs between per-epoch validations of the SSRL and DINO runs (the last epoch always; default: "
                    "minivox 2, full: the yaml's)")
@@ -874,7 +876,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
                        for k, v in r.items() if v != ""})
     systems: Dict[str, Dict] = {}
     dcost = run_cost(dino)
-    systems["dino"] = {"label": "DINO teacher (stage 1, initialisation of all)", "labels": None,
+    systems["dino"] = {"label": a.teacher_label, "labels": None,
                        "cost": dict(dcost, wall_minutes=dcost["wall_seconds"] / 60), "history": read_history(dino)}
     for r in rounds:
         rr = r["round"]
