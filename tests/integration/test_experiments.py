@@ -122,3 +122,19 @@ def test_label_correction_bench_variants_and_supervised_ceiling(minivox_ci, dino
     # the ceiling trains on the true labels, unchanged
     assert sy["supervised"]["labels"]["nmi"] == 1.0 and sy["supervised"]["labels"]["n_clusters"] == 6
     assert res["reference"] == "ssrl" and set(res["paired_vs_ssrl"]) == {"dino", "gated", "supervised"}
+
+
+def test_finished_run_stamps_match_in_another_clone():
+    """A finished run's stamp names the recipe's yaml relative to the recipe folder, so the same command from
+    another clone or worktree of the repository reuses the run instead of training it again."""
+    sys.path.insert(0, RECIPE)
+    try:
+        import run_experiments as rx
+    finally:
+        sys.path.remove(RECIPE)
+    a = ["train.py", "/home/a/speechbrain-ssrl/recipes/VoxCeleb/SSRL/hparams/minivox/ssrl_ecapa.yaml", "--K0=200",
+         "--output_folder=/data/out/ssrl"]
+    b = ["train.py", "/tmp/wt/recipes/VoxCeleb/SSRL/hparams/minivox/ssrl_ecapa.yaml", "--K0=200", "--output_folder=/data/out/ssrl"]
+    assert rx.portable(a) == rx.portable(b) == ["train.py", "hparams/minivox/ssrl_ecapa.yaml", "--K0=200",
+                                                 "--output_folder=/data/out/ssrl"]
+    assert rx.portable(a) != rx.portable(a[:2] + ["--K0=100"] + a[3:])  # any other change still counts

@@ -286,6 +286,13 @@ class Plan:
 # --------------------------------------------------------------------------------------------------
 # evaluation and statistics
 # --------------------------------------------------------------------------------------------------
+def portable(cmd: List[str]) -> List[str]:
+    """A train.py command with the recipe folder's own paths made relative to it (``.../recipes/VoxCeleb/SSRL/hparams/x``
+    → ``hparams/x``), so a finished run's stamp also matches in another clone or worktree of the repository."""
+    marker = os.sep + os.path.join("recipes", "VoxCeleb", "SSRL") + os.sep
+    return [arg.split(marker, 1)[1] if marker in arg else arg for arg in cmd]
+
+
 def stamp_matches(path: str, stamp: Dict) -> bool:
     """Whether the JSON file ``path`` exists and records ``stamp`` (compared as JSON) under "stamp"."""
     return os.path.exists(path) and read_json(path).get("stamp") == json.loads(json.dumps(stamp))
@@ -771,7 +778,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
         cmd = [py, "train.py", yaml, f"--output_folder={folder}", *common, *args, *overrides_for(yaml, a.extra),
                *a.stage_extra[stage]]
         stamp_path = os.path.join(stamps_dir, f"{name}.done.json")
-        if done() and os.path.exists(stamp_path) and read_json(stamp_path).get("cmd") == cmd[1:]:
+        if done() and os.path.exists(stamp_path) and portable(read_json(stamp_path).get("cmd") or []) == portable(cmd[1:]):
             log_line(f"{name}: complete, skipped ({os.path.relpath(folder)})", log)
             return
         if os.path.exists(stamp_path):
