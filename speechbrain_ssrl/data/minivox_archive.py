@@ -22,7 +22,8 @@ recording are separated by pauses drawn from the same range as all others, some 
 Command line::
 
     python -m speechbrain_ssrl.data.minivox_archive build --minivox data/minivox_demo --out data/minivox_archive
-    python -m speechbrain_ssrl.data.minivox_archive count --archive data/minivox_archive --train_csv <save>/train.csv
+    python -m speechbrain_ssrl.data.minivox_archive count --archive data/minivox_archive --train_csv <save>/train.csv \
+        [--run <SSRL output folder>]   # + NMI / purity of the run's k-means start and latest labels (reading only)
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-__all__ = ["ArchiveConfig", "FORMATS", "build_archive", "read_turns", "count_crossing_segments", "main"]
+__all__ = ["ArchiveConfig", "FORMATS", "build_archive", "read_turns", "count_crossing_segments", "segment_speakers",
+           "run_label_quality", "main"]
 
 TURNS_FILE = os.path.join("truth", "turns.csv")
 INFO_FILE = "archive_info.json"
@@ -213,6 +215,25 @@ def _recording_of(segment_id: str) -> str:
     return segment_id.rsplit("--", 1)[0].replace("--", "/")
 
 
+def _segment_cover(train_csv: str, archive_folder: str, sample_rate: int, tolerance: float):
+    """Per row of ``train_csv``: (seconds, {speaker: seconds of their speech inside the segment} or None when the
+    row's recording is not in the truth file)."""
+    turns = read_turns(archive_folder)
+    with open(train_csv, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            a, b = int(r["start"]) / sample_rate, int(r["stop"]) / sample_rate
+            rec = turns.get(_recording_of(r["ID"]))
+            if rec is None:
+                yield b - a, None
+                continue
+            cover: Counter = Counter()
+            for s, e, spk in rec:
+                ov = min(b, e) - max(a, s)
+                if ov > tolerance:
+                    cover[spk] += ov
+            yield b - a, cover
+
+
 def count_crossing_segments(
     train_csv: str, archive_folder: str, sample_rate: int = 16000, tolerance: float = 0.05
 ) -> dict:
@@ -222,29 +243,20 @@ def count_crossing_segments(
     Returns ``{"segments", "crossing", "crossing_fraction", "crossing_seconds_fraction", "segments_per_speaker_min",
     "speakers_found", "unmatched"}``; ``unmatched`` counts segments whose recording is not in the truth file.
     """
-    turns = read_turns(archive_folder)
     n = crossing = unmatched = 0
     sec = sec_crossing = 0.0
     per_spk: Counter = Counter()
-    with open(train_csv, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            n += 1
-            a, b = int(r["start"]) / sample_rate, int(r["stop"]) / sample_rate
-            sec += b - a
-            rec = turns.get(_recording_of(r["ID"]))
-            if rec is None:
-                unmatched += 1
-                continue
-            cover: Counter = Counter()
-            for s, e, spk in rec:
-                ov = min(b, e) - max(a, s)
-                if ov > tolerance:
-                    cover[spk] += ov
-            if len(cover) > 1:
-                crossing += 1
-                sec_crossing += b - a
-            if cover:
-                per_spk[cover.most_common(1)[0][0]] += 1
+    for seconds, cover in _segment_cover(train_csv, archive_folder, sample_rate, tolerance):
+        n += 1
+        sec += seconds
+        if cover is None:
+            unmatched += 1
+            continue
+        if len(cover) > 1:
+            crossing += 1
+            sec_crossing += seconds
+        if cover:
+            per_spk[cover.most_common(1)[0][0]] += 1
     return {
         "segments": n,
         "crossing": crossing,
@@ -254,6 +266,42 @@ def count_crossing_segments(
         "segments_per_speaker_min": min(per_spk.values()) if per_spk else 0,
         "unmatched": unmatched,
     }
+
+
+def segment_speakers(train_csv: str, archive_folder: str, sample_rate: int = 16000) -> List[Optional[str]]:
+    """The speaker with the most speech in each row's segment (None: no known speech in it)."""
+    return [cover.most_common(1)[0][0] if cover else None
+            for _, cover in _segment_cover(train_csv, archive_folder, sample_rate, 0.0)]
+
+
+def run_label_quality(run_folder: str, archive_folder: str) -> dict:
+    """NMI / purity / accuracy against the segments' true speakers (``segment_speakers``) of an SSRL run's
+    pseudo labels on the archive: its k-means start (``initial_clustering/initial_clustering.pt``) and its
+    latest labels (``save/CKPT+*/pseudo_labels.ckpt``). For reading a label-free run afterwards; never used in
+    training."""
+    import glob
+
+    import torch
+
+    from speechbrain_ssrl.metrics import pseudo_label_report
+
+    spk = segment_speakers(os.path.join(run_folder, "save", "train.csv"), archive_folder)
+    keep = torch.tensor([s is not None for s in spk])
+    names = sorted({s for s in spk if s is not None})
+    truth = torch.tensor([names.index(s) if s is not None else -1 for s in spk])[keep]
+    out = {}
+    start = os.path.join(run_folder, "initial_clustering", "initial_clustering.pt")
+    ckpts = sorted(glob.glob(os.path.join(run_folder, "save", "CKPT+*", "pseudo_labels.ckpt")))
+    for name, path, key in (("start", start, "labels"), ("end", ckpts[-1] if ckpts else None, "labels")):
+        if path is None or not os.path.isfile(path):
+            continue
+        labels = torch.load(path, map_location="cpu", weights_only=False)[key].long()
+        if labels.numel() != keep.numel():
+            raise ValueError(f"{path} has {labels.numel()} labels, {run_folder}/save/train.csv {keep.numel()} rows")
+        rep = pseudo_label_report(labels[keep], truth)
+        out[name] = {k: round(float(rep[k]), 4) for k in ("nmi", "purity", "accuracy")}
+        out[name]["clusters"] = int(torch.unique(labels).numel())
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -267,12 +315,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     c = sub.add_parser("count", help="count prepared segments that cross a speaker change")
     c.add_argument("--archive", required=True)
     c.add_argument("--train_csv", required=True, help="train.csv of a run with --data_format=folder --data_folder=<archive>")
+    c.add_argument("--run", default=None, help="also the label quality of this SSRL run on the archive (start and end)")
     c.add_argument("--json", default=None, help="also write the counts here")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         info = build_archive(a.minivox, a.out, ArchiveConfig(seed=a.seed, two_speaker_fraction=a.two_speaker_fraction))
     else:
         info = count_crossing_segments(a.train_csv, a.archive)
+        if a.run:
+            info["labels"] = run_label_quality(a.run, a.archive)
         if a.json:
             with open(a.json, "w", encoding="utf-8") as f:
                 json.dump(info, f, indent=1)

@@ -95,3 +95,30 @@ def test_crossing_segments_counted_against_the_turns(tmp_path):
     assert got["speakers_found"] == 3 and got["segments_per_speaker_min"] == 1
     assert got["crossing_seconds_fraction"] == pytest.approx(4.5 / (2.5 + 4.5 + 3.02 + 2.5 + 3.5 + 2.0), abs=1e-4)
     json.dumps(got)  # plain Python values
+
+
+def test_label_quality_of_a_run_against_segment_speakers(tmp_path):
+    import torch
+
+    from speechbrain_ssrl.data.minivox_archive import run_label_quality, segment_speakers
+
+    (tmp_path / "truth").mkdir()
+    with open(tmp_path / "truth" / "turns.csv", "w") as f:
+        f.write("recording,start,stop,spk_id,source\n")
+        for k in range(6):  # recording r/ep.wav: s1 s1 s2 s2 s3 s3, 2 s each with 1 s pauses
+            f.write(f"r/ep.wav,{3 * k},{3 * k + 2},s{k // 2 + 1},u{k}\n")
+    run = tmp_path / "run"
+    (run / "save" / "CKPT+1").mkdir(parents=True)
+    (run / "initial_clustering").mkdir()
+    with open(run / "save" / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "duration", "wav", "start", "stop", "spk_id"])
+        for k in range(6):
+            w.writerow([f"r--ep.wav--{k:05d}", 2.0, "x.wav", 3 * k * 16000, (3 * k + 2) * 16000, ""])
+        w.writerow(["r--ep.wav--00006", 1.0, "x.wav", 18 * 16000, 19 * 16000, ""])  # silence only: left out
+    assert segment_speakers(str(run / "save" / "train.csv"), str(tmp_path)) == ["s1", "s1", "s2", "s2", "s3", "s3", None]
+    torch.save({"labels": torch.tensor([0, 0, 1, 1, 2, 2, 2])}, run / "initial_clustering" / "initial_clustering.pt")
+    torch.save({"labels": torch.tensor([0, 0, 0, 0, 2, 2, 0])}, run / "save" / "CKPT+1" / "pseudo_labels.ckpt")
+    q = run_label_quality(str(run), str(tmp_path))
+    assert q["start"]["nmi"] == pytest.approx(1.0) and q["start"]["clusters"] == 3
+    assert q["end"]["nmi"] < 1.0 and q["end"]["purity"] == pytest.approx(4 / 6, abs=1e-4) and q["end"]["clusters"] == 2
