@@ -446,16 +446,21 @@ def read_score_file(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return np.array(a), np.array(b), np.array(lab), np.array(sc)
 
 
-def paired_eer_difference(scores_x: str, scores_ref: str) -> Tuple[float, float]:
-    """EER(x) − EER(ref) in points from two score files of the same trials, with its leave-one-test-speaker-out
-    (jackknife) standard error: each left-out speaker removes all its trials from both systems."""
-    a, b, lx, sx = read_score_file(scores_x)
-    a2, b2, lr, sr = read_score_file(scores_ref)
+def _paired(x: Tuple[np.ndarray, ...], ref: Tuple[np.ndarray, ...], where: str) -> Tuple[float, float]:
+    """``paired_eer_difference`` of two ``read_score_file`` results (``where`` names them in the refusal)."""
+    a, b, lx, sx = x
+    a2, b2, lr, sr = ref
     if not (np.array_equal(lx, lr) and np.array_equal(a, a2) and np.array_equal(b, b2)):
-        raise ValueError(f"{scores_x} and {scores_ref} do not score the same trials in the same order")
+        raise ValueError(f"{where} do not score the same trials in the same order")
     fx, fr = _fast_eer_stat(sx, lx), _fast_eer_stat(sr, lr)
     value, se, _ = leave_one_speaker_out(lambda m: fx(m) - fr(m), a, b)
     return value, se
+
+
+def paired_eer_difference(scores_x: str, scores_ref: str) -> Tuple[float, float]:
+    """EER(x) − EER(ref) in points from two score files of the same trials, with its leave-one-test-speaker-out
+    (jackknife) standard error: each left-out speaker removes all its trials from both systems."""
+    return _paired(read_score_file(scores_x), read_score_file(scores_ref), f"{scores_x} and {scores_ref}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -468,11 +473,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("x", help="scores_<list>.txt of system X (evaluate.py)")
     ap.add_argument("ref", help="scores_<list>.txt of the reference system, same trials")
     a = ap.parse_args(argv)
-    _, _, lx, sx = read_score_file(a.x)
-    _, _, lr, sr = read_score_file(a.ref)
-    d, se = paired_eer_difference(a.x, a.ref)
-    print(json.dumps({"eer_x": eer_of_trials(sx, lx), "eer_ref": eer_of_trials(sr, lr), "diff": d, "se": se,
-                      "holds": bool(abs(d) > 2 * se), "n_trials": int(len(lx))}, indent=1))
+    x, ref = read_score_file(a.x), read_score_file(a.ref)
+    d, se = _paired(x, ref, f"{a.x} and {a.ref}")
+    print(json.dumps({"eer_x": eer_of_trials(x[3], x[2]), "eer_ref": eer_of_trials(ref[3], ref[2]), "diff": d, "se": se,
+                      "holds": bool(abs(d) > 2 * se), "n_trials": int(len(x[2]))}, indent=1))
 
 
 if __name__ == "__main__":

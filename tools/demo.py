@@ -51,13 +51,6 @@ def history(folder):
         return list(csv.DictReader(f))
 
 
-def paired_difference(scores_a, scores_b):
-    """EER(a) − EER(b) in points with its leave-one-test-speaker-out standard error (same trials)."""
-    from speechbrain_ssrl.scoring import paired_eer_difference
-
-    return paired_eer_difference(scores_a, scores_b)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/minivox_demo")
@@ -127,11 +120,13 @@ def main():
         w = f"{wall[name] / 60:.1f}" if wall.get(name) else ("-" if name == "mfcc" else "(cached)")
         lines.append(f"| {labels[name]} | {r['eer']:.2f} ± {r.get('eer_se', float('nan')):.2f} | {r['min_dcf_0.01']:.3f} | "
                      f"{r['min_dcf_0.05']:.3f} | {nmi} | {clusters} | {w} |")
+    from speechbrain_ssrl.scoring import paired_eer_difference
+
     diffs = {}
     s = lambda n: os.path.join(out, n, "scores_veri_test2.txt")  # noqa: E731
     for x, y in (("ssrl", "dino"), ("ssrl", "mfcc"), ("dino", "mfcc"), ("dino", "random_init")):
         if os.path.exists(s(x)) and os.path.exists(s(y)):
-            diffs[f"{x} - {y}"] = paired_difference(s(x), s(y))
+            diffs[f"{x} - {y}"] = paired_eer_difference(s(x), s(y))
     lines.append("")
     lines.append("Paired EER differences (points, leave-one-test-speaker-out SE; 'holds' = |diff| > 2 SE):")
     for k, (v, se) in diffs.items():

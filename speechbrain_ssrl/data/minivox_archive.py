@@ -292,10 +292,10 @@ def run_label_quality(run_folder: str, archive_folder: str) -> dict:
     out = {}
     start = os.path.join(run_folder, "initial_clustering", "initial_clustering.pt")
     ckpts = sorted(glob.glob(os.path.join(run_folder, "save", "CKPT+*", "pseudo_labels.ckpt")))
-    for name, path, key in (("start", start, "labels"), ("end", ckpts[-1] if ckpts else None, "labels")):
+    for name, path in (("start", start), ("end", ckpts[-1] if ckpts else None)):
         if path is None or not os.path.isfile(path):
             continue
-        labels = torch.load(path, map_location="cpu", weights_only=False)[key].long()
+        labels = torch.load(path, map_location="cpu", weights_only=False)["labels"].long()
         if labels.numel() != keep.numel():
             raise ValueError(f"{path} has {labels.numel()} labels, {run_folder}/save/train.csv {keep.numel()} rows")
         rep = pseudo_label_report(labels[keep], truth)

@@ -377,13 +377,6 @@ def oracle_start_file(dino: str, train_csv: str, train_rows: List[Dict[str, str]
     return path, k, info
 
 
-def paired_difference(scores_x: str, scores_ref: str):
-    """EER(x) − EER(ref) in points, with its leave-one-test-speaker-out (jackknife) standard error."""
-    from speechbrain_ssrl.scoring import paired_eer_difference
-
-    return paired_eer_difference(scores_x, scores_ref)
-
-
 def clustering_seconds(path: str) -> float:
     import torch
 
@@ -731,6 +724,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
     from speechbrain_ssrl.brains.iterative import completed_rounds, round_folder
     from speechbrain_ssrl.data.trials import read_trials, trial_files
     from speechbrain_ssrl.data.voxceleb import prepare_voxceleb
+    from speechbrain_ssrl.scoring import paired_eer_difference
 
     device = a.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     precision = a.precision or ("bf16" if device.startswith("cuda") else "fp32")
@@ -924,7 +918,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
     for n in order:
         if n == reference:
             continue
-        d, se = paired_difference(os.path.join(eval_dir, n, f"scores_{main_list}.txt"), ref)
+        d, se = paired_eer_difference(os.path.join(eval_dir, n, f"scores_{main_list}.txt"), ref)
         paired[n] = {"diff": d, "se": se, "holds": bool(np.isfinite(se) and abs(d) > 2 * se)}
 
     speakers = {s for r in train_rows for s in [r.get("spk_id")] if s}
