@@ -8,6 +8,7 @@ between logging and checkpointing does not duplicate epochs.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 from typing import Dict, List, Optional, Sequence
@@ -71,6 +72,9 @@ def _fmt(v: object) -> object:
 
 def plot_history(csv_path: str, out_dir: str, groups: Optional[Dict[str, Sequence[str]]] = None, x: str = "epoch") -> List[str]:
     """One PNG per group of columns (default: one per numeric column) against ``x``. Returns the files."""
+    # SpeechBrain's log.txt takes DEBUG records: without this, matplotlib's import and font search fill it (200+
+    # lines a run); set before the first import, which logs too
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")

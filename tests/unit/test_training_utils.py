@@ -103,6 +103,19 @@ def test_history_replaces_epoch_and_plots(tmp_path):
     assert len(h.rows()) == 1
 
 
+def test_plots_leave_no_matplotlib_debug_records(tmp_path, caplog):
+    """SpeechBrain's log.txt takes DEBUG records: the plots must not fill it with matplotlib's font search."""
+    import logging
+
+    h = History(str(tmp_path / "history.csv"))
+    h.log({"epoch": 1, "loss": 2.0})
+    h.log({"epoch": 2, "loss": 1.0})
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("matplotlib").setLevel(logging.NOTSET)  # as a fresh process has it
+        plot_history(h.path, str(tmp_path / "plots"))
+    assert not [r for r in caplog.records if r.name.startswith("matplotlib")]
+
+
 def test_random_eq_colours_spectrum_keeps_rms():
     from speechbrain_ssrl.augment import AugmentChain, RandomEQ
 
