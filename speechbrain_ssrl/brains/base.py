@@ -77,7 +77,7 @@ class SSLBrainBase(sb.Brain):
         epoch = self.hparams.epoch_counter.current
         if if_main_process():  # (every rank rewriting the file at once loses rows under DDP)
             self.history.truncate(epoch)  # rows of epochs after the recovered checkpoint are re-done
-        self._epoch_start = time.time()
+        self._epoch_start = self._last_plot = time.time()
 
     def _wrap_distributed(self):
         """DDP-wraps the trainable modules; SyncBatchNorm only when ``sync_batchnorm`` is set and on CUDA.
@@ -321,7 +321,12 @@ class SSLBrainBase(sb.Brain):
         )
         if if_main_process():
             self.history.log(stats)
-            plot_history(self.history.path, os.path.join(self.hparams.output_folder, "plots"), self.plot_groups)
+            # plots/ is redrawn after the last epoch, and after any other once plot_every_seconds have passed since
+            # the last drawing (12 PNGs cost ~2 s: every epoch of a real run, only the end of a toy one)
+            last = epoch >= int(self.hparams.number_of_epochs)
+            if last or time.time() - self._last_plot >= float(getattr(self.hparams, "plot_every_seconds", 0) or 0):
+                plot_history(self.history.path, os.path.join(self.hparams.output_folder, "plots"), self.plot_groups)
+                self._last_plot = time.time()
         meta = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))}
         # the epoch is over: the next one starts at step 0 with a fresh loss average, also after a resume
         self.step, self.avg_train_loss = 0, 0.0
