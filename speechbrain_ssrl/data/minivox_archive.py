@@ -279,20 +279,20 @@ def run_label_quality(run_folder: str, archive_folder: str) -> dict:
     pseudo labels on the archive: its k-means start (``initial_clustering/initial_clustering.pt``) and its
     latest labels (``save/CKPT+*/pseudo_labels.ckpt``). For reading a label-free run afterwards; never used in
     training."""
-    import glob
-
     import torch
 
+    from speechbrain_ssrl.export import latest_checkpoint
     from speechbrain_ssrl.metrics import pseudo_label_report
 
     spk = segment_speakers(os.path.join(run_folder, "save", "train.csv"), archive_folder)
     keep = torch.tensor([s is not None for s in spk])
     names = sorted({s for s in spk if s is not None})
-    truth = torch.tensor([names.index(s) if s is not None else -1 for s in spk])[keep]
+    index = {name: i for i, name in enumerate(names)}
+    truth = torch.tensor([index[s] if s is not None else -1 for s in spk])[keep]
     out = {}
     start = os.path.join(run_folder, "initial_clustering", "initial_clustering.pt")
-    ckpts = sorted(glob.glob(os.path.join(run_folder, "save", "CKPT+*", "pseudo_labels.ckpt")))
-    for name, path in (("start", start), ("end", ckpts[-1] if ckpts else None)):
+    ckpt = latest_checkpoint(run_folder)
+    for name, path in (("start", start), ("end", os.path.join(ckpt, "pseudo_labels.ckpt") if ckpt else None)):
         if path is None or not os.path.isfile(path):
             continue
         labels = torch.load(path, map_location="cpu", weights_only=False)["labels"].long()
