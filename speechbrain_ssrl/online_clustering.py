@@ -14,7 +14,13 @@ epoch, the current labels and the prototypes (K, D):
   labels, optionally followed by spherical Lloyd steps ("online clustering that follows the
   representation"; clusters without members keep their prototype, pruned ones stay pruned);
 * ``assignment: sinkhorn`` (the release's equipartition option): ŷ from a Sinkhorn-Knopp balanced
-  transport plan over the active clusters instead of a plain argmax.
+  transport plan over the active clusters instead of a plain argmax;
+* ``assignment: knn`` (neither paper nor release; issue #13): ŷ by a neighbourhood vote of the current
+  labels, ``knn_vote``: the labels of the row's k nearest other rows (teacher cosine), each weighted by its
+  cosine, plus the row's own label counted as ``knn_self_weight`` neighbours. A prototype rule can only
+  reach what the teacher's clusters separate; the vote keeps a label that most of its neighbours share
+  and corrects an isolated one, so it removes noise from labels better than the teacher's own clusters
+  (``bench/relabel_probe.py``: the only rule that lifted 30 %-randomised true labels).
 
 Everything works in row chunks, so N = 1.1 M utterances x K = 8,000 prototypes never builds the full
 (N, K) matrix at once.
@@ -35,6 +41,7 @@ __all__ = [
     "cluster_means",
     "spherical_lloyd",
     "sinkhorn_assign",
+    "knn_vote",
     "nearest_assign",
     "gate_by_margin",
     "relabel",
@@ -44,7 +51,7 @@ __all__ = [
 CHUNK = 65536
 
 PROTOTYPES = ("classifier", "mean", "kmeans")
-ASSIGNMENTS = ("nearest", "sinkhorn")
+ASSIGNMENTS = ("nearest", "sinkhorn", "knn")
 TEACHER_RULES = ("nearest", "margin_at_label")
 
 
@@ -60,6 +67,8 @@ class RelabelConfig:
     teacher_rule: str = "nearest"
     label_margin: float = 0.2
     min_margin: float = 0.0
+    knn_k: int = 5
+    knn_self_weight: float = 3.0
 
     def __post_init__(self) -> None:
         for key, value, allowed in (
@@ -73,11 +82,20 @@ class RelabelConfig:
             raise ValueError(f"relabel_kmeans_iterations must be >= 0, got {self.kmeans_iterations}")
         if float(self.sinkhorn_epsilon) <= 0:
             raise ValueError(f"sinkhorn_epsilon must be > 0, got {self.sinkhorn_epsilon}")
+        if int(self.knn_k) < 1 or float(self.knn_self_weight) < 0:
+            raise ValueError(
+                f"relabel_knn_k must be >= 1 and relabel_knn_self_weight >= 0, got {self.knn_k} and {self.knn_self_weight}"
+            )
+        if self.assignment == "knn" and (self.min_margin > 0 or self.teacher_rule != "nearest"):
+            raise ValueError(
+                "relabel_assignment: knn votes over neighbours, not prototypes: set relabel_min_margin: 0 and "
+                "teacher_rule: nearest (its confidence is relabel_knn_self_weight)"
+            )
 
     @property
     def at_epoch_end(self) -> bool:
         """Whether ŷ needs all of the epoch's embeddings (re-estimated prototypes or a balanced assignment)."""
-        return self.prototypes != "classifier" or self.assignment == "sinkhorn"
+        return self.prototypes != "classifier" or self.assignment != "nearest"
 
 
 def row_chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
@@ -156,6 +174,33 @@ def sinkhorn_assign(
     return out
 
 
+def knn_vote(emb: torch.Tensor, labels: torch.Tensor, k: int, self_weight: float) -> torch.Tensor:
+    """Each row's label by a vote of its ``k`` nearest other rows (cosine of ``emb``): every neighbour adds
+    its cosine (clamped at 0) to its own label, and the row's own label gets ``self_weight`` times the mean
+    of those k cosines (it counts as ``self_weight`` neighbours); the highest total wins, the row's own
+    label on ties. Row chunks keep the (chunk, N) similarity block near 256 MB, so N = 1.1 M is possible
+    (on a GPU: O(N²) products)."""
+    x = F.normalize(emb.float(), dim=1)
+    n = x.shape[0]
+    k = min(int(k), n - 1)
+    labels = labels.to(x.device)
+    if k < 1:
+        return labels.clone()
+    n_labels = int(labels.max()) + 1
+    out = torch.empty_like(labels)
+    for sl in row_chunks(n, max(1, min(CHUNK, (1 << 26) // n))):
+        sim = x[sl] @ x.T
+        rows = torch.arange(sim.shape[0], device=x.device)
+        sim[rows, rows + sl.start] = float("-inf")  # not itself
+        val, nb = sim.topk(k, dim=1)
+        val = val.clamp_min(0)
+        score = torch.zeros(sim.shape[0], n_labels, device=x.device).scatter_add_(1, labels[nb], val)
+        own = labels[sl]
+        score[rows, own] += float(self_weight) * val.mean(1) + 1e-6  # ties keep the row's label
+        out[sl] = score.argmax(1)
+    return out
+
+
 def gate_by_margin(cos: torch.Tensor, current: torch.Tensor, y_hat: torch.Tensor, min_margin: float) -> torch.Tensor:
     """ŷ where its cosine beats the current label's by ``min_margin`` or more (or the current label is
     pruned, i.e. its cosine is -inf), else the current label."""
@@ -198,6 +243,8 @@ def relabel(
         iters = int(cfg.kmeans_iterations) if cfg.prototypes == "kmeans" else 0
         new_protos, _ = spherical_lloyd(emb, current, prototypes, active, iters)
         protos = new_protos
+    if cfg.assignment == "knn":
+        return knn_vote(emb, current, cfg.knn_k, cfg.knn_self_weight), new_protos
     if cfg.assignment == "sinkhorn":
         y_hat = sinkhorn_assign(emb, protos, active, cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
         if cfg.min_margin > 0:

@@ -27,7 +27,7 @@ from speechbrain.utils.distributed import ddp_all_reduce, if_main_process, is_di
 from speechbrain_ssrl.bn_recalibration import recalibrate_bn
 from speechbrain_ssrl.checkpoints import RNGState
 from speechbrain_ssrl.data.views import bad_file_list, clean_crop_batches, read_csv_rows
-from speechbrain_ssrl.export import RECIPE_ARCH_KEYS
+from speechbrain_ssrl.export import RECIPE_ARCH_KEYS, latest_checkpoint
 from speechbrain_ssrl.history import History, plot_history
 
 logger = logging.getLogger(__name__)
@@ -361,15 +361,12 @@ def find_encoder_checkpoint(folder: str) -> str:
     """The teacher weights of a finished or running stage: ``pretrained/embedding_model.ckpt``
     (export, preferred), ``embedding_model.ckpt`` (an export folder itself) or the newest
     ``save/CKPT+*/teacher_model.ckpt``."""
-    import glob
-
     for cand in (os.path.join(folder, "pretrained", "embedding_model.ckpt"), os.path.join(folder, "embedding_model.ckpt")):
         if os.path.isfile(cand):
             return cand
-    ckpts = sorted(glob.glob(os.path.join(folder, "save", "CKPT+*", "teacher_model.ckpt")))
-    ckpts += sorted(glob.glob(os.path.join(folder, "CKPT+*", "teacher_model.ckpt")))
-    if ckpts:
-        return max(ckpts, key=os.path.getmtime)
+    ckpt = latest_checkpoint(folder)
+    if ckpt is not None and os.path.isfile(os.path.join(ckpt, "teacher_model.ckpt")):
+        return os.path.join(ckpt, "teacher_model.ckpt")
     raise FileNotFoundError(
         f"{folder}: no usable teacher found (looked for pretrained/embedding_model.ckpt, embedding_model.ckpt "
         "and save/CKPT+*/teacher_model.ckpt). Point --dino_folder at the output folder of a DINO run "

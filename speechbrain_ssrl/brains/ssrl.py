@@ -27,7 +27,7 @@ checkpointed pseudo-label state (``fixed_end_epoch``), so a resumed run keeps it
 
 Online clustering (``online_clustering``): ŷ is the nearest active prototype of the teacher classifier,
 batch by batch (the paper), optionally with the release's margin-at-the-label rule or a confidence gate;
-or, when ``relabel_prototypes`` is ``mean``/``kmeans`` or ``relabel_assignment`` is ``sinkhorn``, it is
+or, when ``relabel_prototypes`` is ``mean``/``kmeans`` or ``relabel_assignment`` is ``sinkhorn``/``knn``, it is
 computed at the end of the epoch from the teacher embeddings recorded during it: the prototypes (both
 classifiers' rows) are re-estimated as the cluster means of those embeddings (plus Lloyd steps), then ŷ
 and λ follow from them. ``teacher_bn: recal`` re-estimates the teacher's BatchNorm statistics on clean
@@ -122,6 +122,8 @@ class SSRLBrain(SSLBrainBase):
             teacher_rule=str(getattr(h, "teacher_rule", "nearest")),
             label_margin=float(h.aam_margin) if hasattr(h, "aam_margin") else 0.2,
             min_margin=float(getattr(h, "relabel_min_margin", 0.0)),
+            knn_k=int(getattr(h, "relabel_knn_k", 5)),
+            knn_self_weight=float(getattr(h, "relabel_knn_self_weight", 3.0)),
         )
         if h.teacher_bn not in ("eval", "train", "recal"):
             raise ValueError(f"teacher_bn: {h.teacher_bn!r} is not one of eval, train, recal (see the yaml's comment)")

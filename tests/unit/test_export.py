@@ -292,3 +292,22 @@ def test_exports_without_embedding_norm_still_load(tmp_path):
     torch.save({"count": 3, "glob_mean": torch.zeros(8), "glob_std": torch.ones(8)}, os.path.join(out2, "mean_var_norm_emb.ckpt"))
     with pytest.raises(ExportError, match="statistics of 16-d embeddings"):
         verify_export(out2)
+
+
+def test_find_encoder_checkpoint_newest_by_checkpoint_time(tmp_path):
+    """A DINO folder's teacher: the export when there is one, else the newest save/CKPT+* by its recorded
+    time (not by name), and a clear error naming the folder when there is neither."""
+    from speechbrain_ssrl.brains.base import find_encoder_checkpoint
+
+    for name, unixtime in (("CKPT+a-newer", 200.0), ("CKPT+b-older", 100.0)):
+        d = tmp_path / "save" / name
+        d.mkdir(parents=True)
+        (d / "teacher_model.ckpt").write_bytes(b"x")
+        (d / "CKPT.yaml").write_text(f"unixtime: {unixtime}\n")
+        os.utime(d / "teacher_model.ckpt", (1e9 + unixtime, 1e9 - unixtime))  # file times disagree with the record
+    assert find_encoder_checkpoint(str(tmp_path)) == str(tmp_path / "save" / "CKPT+a-newer" / "teacher_model.ckpt")
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / "embedding_model.ckpt").write_bytes(b"x")
+    assert find_encoder_checkpoint(str(tmp_path)) == str(tmp_path / "pretrained" / "embedding_model.ckpt")
+    with pytest.raises(FileNotFoundError, match="no usable teacher"):
+        find_encoder_checkpoint(str(tmp_path / "empty"))

@@ -1,4 +1,4 @@
-"""Online clustering alternatives: prototype re-estimation, Lloyd steps, Sinkhorn, confidence gate, teacher rule."""
+"""Online clustering alternatives: prototype re-estimation, Lloyd steps, Sinkhorn, kNN vote, confidence gate, teacher rule."""
 
 import pytest
 import torch
@@ -69,6 +69,39 @@ def test_sinkhorn_chunked_equals_whole(monkeypatch):
     whole = oc.sinkhorn_assign(x, c, active)
     monkeypatch.setattr(oc, "CHUNK", 7)
     assert torch.equal(oc.sinkhorn_assign(x, c, active), whole)
+
+
+def test_knn_vote_corrects_isolated_labels_and_keeps_shared_ones():
+    x, y, c = blobs(spread=0.1)
+    noisy = y.clone()
+    g = torch.Generator().manual_seed(2)
+    flip = torch.rand(y.numel(), generator=g) < 0.2
+    noisy[flip] = (y[flip] + torch.randint(1, 4, (int(flip.sum()),), generator=g)) % 4
+    fixed = oc.knn_vote(x, noisy, k=5, self_weight=3.0)
+    acc_before, acc_after = (noisy == y).float().mean(), (fixed == y).float().mean()
+    assert acc_after > 0.93 and acc_after > acc_before + 0.15  # most flipped rows outvoted
+    assert torch.equal(oc.knn_vote(x, y, k=5, self_weight=3.0), y)  # correct labels kept
+    assert torch.equal(oc.knn_vote(x, noisy, k=5, self_weight=5.0), noisy)  # own label = all 5 neighbours: no change
+    # 4 of 5 neighbours are needed to move a row at self weight 3: a row with 3 of 5 keeps its label
+    pts = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01], [1.0, 0.02], [1.0, 0.03], [1.0, -0.01], [1.0, -0.02]]), dim=1)
+    lab = torch.tensor([0, 1, 1, 1, 0, 0])
+    assert oc.knn_vote(pts, lab, k=5, self_weight=3.0)[0] == 0
+
+
+def test_knn_vote_chunked_equals_whole_and_relabel_uses_it(monkeypatch):
+    x, y, c = blobs(n_per=30, spread=0.4)
+    noisy = torch.roll(y, 7)
+    whole = oc.knn_vote(x, noisy, k=5, self_weight=1.0)
+    cfg = oc.RelabelConfig(assignment="knn", knn_k=5, knn_self_weight=1.0)
+    assert cfg.at_epoch_end
+    y_hat, protos = oc.relabel(x, noisy, c, torch.ones(4, dtype=torch.bool), cfg)
+    assert torch.equal(y_hat, whole) and protos is None
+    monkeypatch.setattr(oc, "CHUNK", 7)
+    assert torch.equal(oc.knn_vote(x, noisy, k=5, self_weight=1.0), whole)
+    with pytest.raises(ValueError, match="relabel_min_margin: 0"):
+        oc.RelabelConfig(assignment="knn", min_margin=0.1)
+    with pytest.raises(ValueError, match="relabel_knn_k"):
+        oc.RelabelConfig(assignment="knn", knn_k=0)
 
 
 def test_confidence_gate_keeps_the_label_unless_the_new_one_wins_by_the_margin():
