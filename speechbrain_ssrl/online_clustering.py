@@ -68,7 +68,7 @@ class RelabelConfig:
     label_margin: float = 0.2
     min_margin: float = 0.0
     knn_k: int = 5
-    knn_self_weight: float = 3.0
+    knn_self_weight: float = 3.5
 
     def __post_init__(self) -> None:
         for key, value, allowed in (

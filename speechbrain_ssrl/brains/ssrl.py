@@ -123,7 +123,7 @@ class SSRLBrain(SSLBrainBase):
             label_margin=float(h.aam_margin) if hasattr(h, "aam_margin") else 0.2,
             min_margin=float(getattr(h, "relabel_min_margin", 0.0)),
             knn_k=int(getattr(h, "relabel_knn_k", 5)),
-            knn_self_weight=float(getattr(h, "relabel_knn_self_weight", 3.0)),
+            knn_self_weight=float(getattr(h, "relabel_knn_self_weight", 3.5)),
         )
         if h.teacher_bn not in ("eval", "train", "recal"):
             raise ValueError(f"teacher_bn: {h.teacher_bn!r} is not one of eval, train, recal (see the yaml's comment)")
