@@ -94,7 +94,8 @@ class RelabelConfig:
 
     @property
     def at_epoch_end(self) -> bool:
-        """Whether ŷ needs all of the epoch's embeddings (re-estimated prototypes or a balanced assignment)."""
+        """Whether ŷ needs all of the epoch's embeddings (re-estimated prototypes, a balanced assignment or the
+        neighbourhood vote)."""
         return self.prototypes != "classifier" or self.assignment != "nearest"
 
 
