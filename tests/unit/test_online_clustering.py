@@ -82,10 +82,13 @@ def test_knn_vote_corrects_isolated_labels_and_keeps_shared_ones():
     assert acc_after > 0.93 and acc_after > acc_before + 0.15  # most flipped rows outvoted
     assert torch.equal(oc.knn_vote(x, y, k=5, self_weight=3.0), y)  # correct labels kept
     assert torch.equal(oc.knn_vote(x, noisy, k=5, self_weight=5.0), noisy)  # own label = all 5 neighbours: no change
-    # 4 of 5 neighbours are needed to move a row at self weight 3: a row with 3 of 5 keeps its label
+    # the own label counts as self_weight neighbours: at 3, a row with 3 of its 5 neighbours on another label keeps
+    # its own (3 < 3 + 2); at the yaml's 3.5 a row moves only when all 5 agree on another label
     pts = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01], [1.0, 0.02], [1.0, 0.03], [1.0, -0.01], [1.0, -0.02]]), dim=1)
     lab = torch.tensor([0, 1, 1, 1, 0, 0])
     assert oc.knn_vote(pts, lab, k=5, self_weight=3.0)[0] == 0
+    assert oc.knn_vote(pts, torch.tensor([0, 1, 1, 1, 1, 0]), k=5, self_weight=3.5)[0] == 0  # 4 of 5: kept
+    assert oc.knn_vote(pts, torch.tensor([0, 1, 1, 1, 1, 1]), k=5, self_weight=3.5)[0] == 1  # 5 of 5: moved
 
 
 def test_knn_vote_chunked_equals_whole_and_relabel_uses_it(monkeypatch):
