@@ -29,6 +29,9 @@ SSRL_ARGS = TINY + [
     "--K0=12", "--fixed_label_epochs=1", "--number_of_epochs=2", "--queue_length=3", "--student_aug_prob=0",
     "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9",
     "--bn_recal_batches=0", "--validate_every=0", "--valid_trials=none", "--ckpt_interval_steps=2",
+    # the yaml's neighbourhood vote (recorded teacher embeddings, relabelled at the epoch end), made to move labels
+    # on 48 utterances: the own label weighs one neighbour instead of 3.5
+    "--relabel_assignment=knn", "--relabel_knn_self_weight=1.0",
 ]
 
 

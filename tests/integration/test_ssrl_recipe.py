@@ -11,7 +11,7 @@ from recipe_utils import TINY_ECAPA, history, run_recipe
 def test_ssrl_updates_labels_prunes_and_exports(minivox_ci, dino_ci, tmp_path):
     out = str(tmp_path / "ssrl")
     args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
-            "--fixed_label_epochs=2",
+            "--fixed_label_epochs=2", "--relabel_assignment=nearest",  # the paper's rule (the MiniVox default votes, knn)
             # a toy model moves slowly: a fast teacher and high lr make the labels change within 4 epochs
             "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9", *TINY_ECAPA]
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
