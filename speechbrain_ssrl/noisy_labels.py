@@ -11,6 +11,19 @@ into a probability ``p_n`` that the pseudo label is clean (as in the authors' re
 ``p`` weights the student loss (``losses.weighted_mean``). The fit uses scikit-learn's
 ``GaussianMixture`` (k-means initialisation, ``random_state=seed``), so it is deterministic and,
 given the same all-gathered losses, identical on every DDP rank.
+
+Two options (neither paper nor release; issue #13), both off by default:
+
+* ``space="loss"`` fits the GMM on the loss itself (clipped at its ``high_q`` quantile), as DivideMix
+  does, instead of on its log. In the log domain the many near-zero losses of correct labels spread over
+  tens of nats and form a wide component of their own, so the split can fall inside the correct labels;
+  wrong labels are a narrow mode of large losses, which the loss domain isolates.
+* ``noisy_floor``: when the "noisy" component's mean *loss* (``log_loss``: the exp of its mean, a
+  geometric mean) is not above this value there is no noisy mode and every ``p`` is 1 (``gated``). ``NoisyLabelModel(noisy_floor="log_k")`` uses ``log K`` (K
+  active clusters): the loss of a uniform guess, which a label the teacher favours stays below. A
+  2-component fit always splits, also when every label is correct.
+
+``bench/clean_detector_probe.py`` measures the rules on finished runs.
 """
 
 from __future__ import annotations
@@ -25,7 +38,9 @@ from speechbrain_ssrl.state import StateRecoverable
 
 from speechbrain_ssrl.label_queue import unique_last
 
-__all__ = ["GMMFit", "fit_clean_gmm", "clean_probability", "NoisyLabelModel"]
+__all__ = ["GMMFit", "fit_clean_gmm", "clean_probability", "NoisyLabelModel", "GMM_SPACES"]
+
+GMM_SPACES = ("log_loss", "loss")
 
 # losses slightly below zero are float round-off of a cross-entropy; clearly negative ones are a bug
 _NEGATIVE_TOL = 1e-3
@@ -37,8 +52,9 @@ class GMMFit:
 
     ``p`` is the clean probability of every input loss (float32, the input's device). The other
     fields are plain Python values for logging; ``means`` / ``variances`` / ``weights`` are
-    ``(clean, noisy)`` pairs (component with the smaller mean first, in the log-loss domain), all
-    ``nan`` when no GMM was fitted (``degenerate`` then says why).
+    ``(clean, noisy)`` pairs (component with the smaller mean first, in the fitted domain: log loss or
+    loss), all ``nan`` when no GMM was fitted (``degenerate`` then says why). ``gated``: the noisy
+    component's mean loss was not above ``noisy_floor``, so ``p`` is 1 everywhere.
     """
 
     p: torch.Tensor
@@ -50,6 +66,7 @@ class GMMFit:
     clip_low: float = float("nan")
     clip_high: float = float("nan")
     degenerate: Optional[str] = None
+    gated: bool = False
 
     def stats(self) -> Dict[str, Any]:
         """Flat dict of the scalar fields (for ``history.csv``)."""
@@ -65,6 +82,7 @@ class GMMFit:
             "gmm_clip_low": self.clip_low,
             "gmm_clip_high": self.clip_high,
             "gmm_degenerate": self.degenerate,
+            "gmm_gated": self.gated,
         }
 
 
@@ -96,8 +114,10 @@ def fit_clean_gmm(
     high_q: float = 0.999,
     seed: int = 0,
     reg_covar: float = 1e-6,
+    space: str = "log_loss",
+    noisy_floor: Optional[float] = None,
 ) -> GMMFit:
-    """Fit the clean / noisy GMM on ``log(losses + eps)``; see the module docstring.
+    """Fit the clean / noisy GMM on ``log(losses + eps)`` (or the losses); see the module docstring.
 
     Arguments
     ---------
@@ -107,12 +127,17 @@ def fit_clean_gmm(
     low_clip_floor : the lower clip is ``max(quantile(u, low_q), low_clip_floor)``
     low_q, high_q : quantiles of ``u`` used as clip bounds
     seed : ``random_state`` of the GMM
+    space : ``log_loss`` (release) or ``loss`` (the losses, clipped above at their ``high_q`` quantile)
+    noisy_floor : ``None`` (release) or a loss: a noisy component whose mean loss is not above it gives
+        ``p = 1`` everywhere (``gated``)
 
     Degenerate input: NaN / inf / clearly negative losses raise ``ValueError``; fewer than two
     losses, or losses that are all equal after clipping, give ``p = 1`` everywhere with a warning.
     """
     if not 0.0 <= low_q < high_q <= 1.0:
         raise ValueError(f"need 0 <= low_q < high_q <= 1, got {low_q}, {high_q}")
+    if space not in GMM_SPACES:
+        raise ValueError(f"gmm_space must be one of {GMM_SPACES}, got {space!r}")
     x, device, shape = _losses_to_numpy(losses)
 
     def ones(reason: str) -> GMMFit:
@@ -122,8 +147,12 @@ def fit_clean_gmm(
 
     if x.size < 2:
         return ones(f"{x.size} loss value(s), need at least 2")
-    u = np.log(x + eps)
-    low = max(float(np.quantile(u, low_q)), float(low_clip_floor))
+    if space == "log_loss":
+        u = np.log(x + eps)
+        low = max(float(np.quantile(u, low_q)), float(low_clip_floor))
+    else:
+        u = x
+        low = float(u.min())
     high = float(np.quantile(u, high_q))
     if high < low:  # everything below the floor
         high = low
@@ -152,6 +181,12 @@ def fit_clean_gmm(
     clean = int(order[0])
     post = gmm.predict_proba(u[:, None])[:, clean]
     variances = gmm.covariances_.reshape(2)
+    noisy_mean_loss = float(means[order[1]])
+    if space == "log_loss":
+        noisy_mean_loss = float(np.exp(noisy_mean_loss)) - eps
+    gated = noisy_floor is not None and noisy_mean_loss <= float(noisy_floor)
+    if gated:
+        post = np.ones_like(post)
     return GMMFit(
         p=torch.from_numpy(post.astype(np.float32)).reshape(shape).to(device),
         means=(float(means[order[0]]), float(means[order[1]])),
@@ -161,6 +196,7 @@ def fit_clean_gmm(
         n_iter=int(gmm.n_iter_),
         clip_low=low,
         clip_high=high,
+        gated=bool(gated),
     )
 
 
@@ -175,6 +211,8 @@ def clean_probability(
     high_q: float = 0.999,
     seed: int = 0,
     reg_covar: float = 1e-6,
+    space: str = "log_loss",
+    noisy_floor: Optional[float] = None,
 ) -> torch.Tensor:
     """Clean probability of each loss (float32 tensor, same shape and device as ``losses``).
 
@@ -190,6 +228,8 @@ def clean_probability(
         high_q=high_q,
         seed=seed,
         reg_covar=reg_covar,
+        space=space,
+        noisy_floor=noisy_floor,
     ).p
 
 
@@ -201,7 +241,9 @@ class NoisyLabelModel(StateRecoverable):
     n : number of training utterances
     enabled : ``False`` is the "without noisy-label modelling" ablation: ``update`` fits nothing
         and every weight stays 1
-    max_iter, tol, eps, low_clip_floor, low_q, high_q, seed, reg_covar : see ``fit_clean_gmm``
+    max_iter, tol, eps, low_clip_floor, low_q, high_q, seed, reg_covar, space : see ``fit_clean_gmm``
+    noisy_floor : ``None`` (release), a loss, or ``"log_k"``: ``log`` of the ``n_classes`` given to
+        ``update`` (the active clusters), see ``fit_clean_gmm``
 
     ``p`` lives on the CPU; ``weights(indices)`` returns it on the device of ``indices``.
     """
@@ -219,9 +261,16 @@ class NoisyLabelModel(StateRecoverable):
         high_q: float = 0.999,
         seed: int = 0,
         reg_covar: float = 1e-6,
+        space: str = "log_loss",
+        noisy_floor: Optional[float | str] = None,
     ) -> None:
         if int(n) < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        if space not in GMM_SPACES:
+            raise ValueError(f"gmm_space must be one of {GMM_SPACES}, got {space!r}")
+        if isinstance(noisy_floor, str) and noisy_floor not in ("none", "log_k"):
+            raise ValueError(f"gmm_noisy_floor must be none, log_k or a number, got {noisy_floor!r}")
+        self.noisy_floor: Optional[float | str] = None if noisy_floor in (None, "none") else noisy_floor
         self.enabled: bool = bool(enabled)
         self.gmm_kwargs: Dict[str, Any] = dict(
             max_iter=max_iter,
@@ -232,6 +281,7 @@ class NoisyLabelModel(StateRecoverable):
             high_q=high_q,
             seed=seed,
             reg_covar=reg_covar,
+            space=space,
         )
         self.p: torch.Tensor = torch.ones(int(n), dtype=torch.float32)
         self.n_updates: int = 0
@@ -251,11 +301,22 @@ class NoisyLabelModel(StateRecoverable):
             raise IndexError(f"utterance indices must be in [0, {self.n})")
         return idx
 
-    def update(self, indices, losses) -> Dict[str, Any]:
+    def floor(self, n_classes: Optional[int] = None) -> Optional[float]:
+        """The loss floor of the noisy component for this fit (``None``: no gate)."""
+        if self.noisy_floor is None:
+            return None
+        if self.noisy_floor == "log_k":
+            if n_classes is None or int(n_classes) < 2:
+                raise ValueError(f"gmm_noisy_floor: log_k needs the number of active clusters (>= 2), got {n_classes}")
+            return float(np.log(int(n_classes)))
+        return float(self.noisy_floor)
+
+    def update(self, indices, losses, n_classes: Optional[int] = None) -> Dict[str, Any]:
         """Fit the GMM on the losses of ``indices`` and set their ``p``; others keep theirs.
 
         Repeated indices count once (their last loss), so padded DDP batches do not bias the fit.
-        Returns ``stats()``. Disabled: nothing is fitted and ``p`` stays 1.
+        ``n_classes`` (active clusters) sets the ``log_k`` floor. Returns ``stats()``. Disabled:
+        nothing is fitted and ``p`` stays 1.
         """
         idx = self._check_indices(indices)
         loss = torch.as_tensor(losses).detach().to("cpu").reshape(-1)
@@ -266,7 +327,7 @@ class NoisyLabelModel(StateRecoverable):
             return self.stats()
         keep = unique_last(idx)
         idx, loss = idx[keep], loss[keep]
-        fit = fit_clean_gmm(loss, **self.gmm_kwargs)
+        fit = fit_clean_gmm(loss, noisy_floor=self.floor(n_classes), **self.gmm_kwargs)
         self.p[idx] = fit.p.to(torch.float32)
         self._last = {"n_fitted": int(idx.numel()), "mean_p_fitted": float(fit.p.mean()) if idx.numel() else float("nan")}
         self._last.update(fit.stats())

@@ -110,6 +110,8 @@ class SSRLBrain(SSLBrainBase):
             queue_length=h.queue_length,
             queue_tie=h.queue_tie,
             noisy_label_model=h.noisy_label_model,
+            gmm_kwargs={"space": str(getattr(h, "gmm_space", "log_loss")),
+                        "noisy_floor": getattr(h, "gmm_noisy_floor", None)},
         )
         self.true_labels = true_labels  # diagnostics only
         self.speaker_names = speaker_names  # names of the true label ids (label_merges.csv)

@@ -117,3 +117,66 @@ def test_model_state_round_trip(tmp_path):
     assert restored.n_updates == 1
     with pytest.raises(ValueError):
         NoisyLabelModel(3).load_state_dict(model.state_dict())
+
+
+def _bulk_tail_and_wrong(wrong=0.18, n=2000, seed=0):
+    """The shape measured on finished MiniVox runs (issue #13): correct labels' teacher losses are a dense
+    bulk near 0.6 plus a thin tail of near-zero losses that spans decades in the log domain; wrong labels
+    are a narrow mode near 25 (s = 32 times a cosine gap of ~0.8)."""
+    g = torch.Generator().manual_seed(seed)
+    nw = int(n * wrong)
+    nc = n - nw
+    nt = int(0.15 * nc)
+    bulk = torch.exp(torch.randn(nc - nt, generator=g) * 0.4 - 0.4)
+    tail = torch.exp(torch.rand(nt, generator=g) * -14 - 1)
+    bad = torch.randn(nw, generator=g) * 3 + 25
+    return torch.cat([bulk, tail, bad]), torch.cat([torch.ones(nc, dtype=torch.bool), torch.zeros(nw, dtype=torch.bool)])
+
+
+def _recall_precision(p, is_clean):
+    called = p >= 0.5
+    return float(called[is_clean].float().mean()), float(is_clean[called].float().mean())
+
+
+def test_loss_space_finds_the_wrong_labels_where_the_log_space_splits_the_correct_ones():
+    losses, is_clean = _bulk_tail_and_wrong()
+    log_fit, loss_fit = fit_clean_gmm(losses), fit_clean_gmm(losses, space="loss")
+    rec_log, _ = _recall_precision(log_fit.p, is_clean)
+    rec_loss, prec_loss = _recall_precision(loss_fit.p, is_clean)
+    assert rec_log < 0.5  # the release's log domain: the tail and the wrong mode make one wide component
+    assert rec_loss > 0.95 and prec_loss > 0.95
+    assert loss_fit.means[0] == pytest.approx(0.6, abs=0.2) and loss_fit.means[1] == pytest.approx(25, abs=1)
+    assert loss_fit.clip_low == pytest.approx(float(losses.min())) and not loss_fit.gated
+    with pytest.raises(ValueError, match="gmm_space"):
+        fit_clean_gmm(losses, space="logit")
+
+
+def test_noisy_floor_gates_a_split_of_correct_labels_only():
+    floor = math.log(116)
+    clean_only, _ = _bulk_tail_and_wrong(wrong=0.0)
+    for space in ("log_loss", "loss"):
+        split = fit_clean_gmm(clean_only, space=space)
+        assert float((split.p < 0.5).float().mean()) > 0.02  # two components are always fitted
+        gated = fit_clean_gmm(clean_only, space=space, noisy_floor=floor)
+        assert gated.gated and torch.equal(gated.p, torch.ones_like(gated.p))
+        assert gated.means == split.means  # the fit is still reported
+    noisy, is_clean = _bulk_tail_and_wrong(wrong=0.18)
+    kept = fit_clean_gmm(noisy, space="loss", noisy_floor=floor)
+    assert not kept.gated and torch.equal(kept.p, fit_clean_gmm(noisy, space="loss").p)
+
+
+def test_model_log_k_floor_uses_the_active_clusters():
+    losses, _ = _bulk_tail_and_wrong(wrong=0.0, n=500)
+    idx = torch.arange(500)
+    model = NoisyLabelModel(500, space="loss", noisy_floor="log_k")
+    with pytest.raises(ValueError, match="log_k"):
+        model.update(idx, losses)
+    assert model.floor(116) == pytest.approx(math.log(116))
+    s = model.update(idx, losses, n_classes=116)
+    assert s["gmm_gated"] is True and s["mean_p"] == 1.0
+    s = NoisyLabelModel(500, space="loss", noisy_floor=1e-3).update(idx, losses)  # a number: a fixed floor
+    assert s["gmm_gated"] is False and s["mean_p"] < 1.0
+    assert NoisyLabelModel(500, noisy_floor="none").floor(116) is None
+    for bad in ({"space": "logit"}, {"noisy_floor": "log_n"}):
+        with pytest.raises(ValueError, match="gmm_"):
+            NoisyLabelModel(10, **bad)

@@ -59,6 +59,25 @@ def test_gmm_weights_follow_losses_and_disabled_ablation():
     assert torch.all(off.weights(torch.arange(n)) == 1)
 
 
+def test_gmm_noisy_floor_log_k_counts_the_active_clusters():
+    """gmm_noisy_floor: log_k is log of the clusters left after this epoch's pruning (4 of 10 here)."""
+    torch.manual_seed(0)
+    n = 400
+    y0 = torch.arange(n) % 10
+    hat = torch.arange(n) % 4  # the vote moves every utterance into clusters 0-3: 6 clusters pruned
+    losses = torch.cat([torch.rand(n // 2) * 0.3 + 1.0, torch.rand(n // 2) * 0.3 + 1.6])  # two modes, both < log 10
+    st = PseudoLabelState(y0, 10, queue_length=1, gmm_kwargs={"space": "loss", "noisy_floor": "log_k"})
+    st.record(torch.arange(n), hat, losses)
+    out = st.end_epoch(update_labels=True, prune=True)
+    assert out["n_pruned"] == 6 and out["gmm_gated"] == 0.0  # noisy mean ~1.75 > log 4 = 1.39: not gated
+    assert st.weights(torch.arange(n))[n // 2:].mean() < 0.1
+    st2 = PseudoLabelState(y0, 10, queue_length=1, gmm_kwargs={"space": "loss", "noisy_floor": "log_k"})
+    st2.record(torch.arange(n), y0, losses)
+    out = st2.end_epoch(update_labels=True, prune=True)
+    assert out["n_pruned"] == 0 and out["gmm_gated"] == 1.0  # 10 active: log 10 = 2.30 above both modes
+    assert torch.all(st2.weights(torch.arange(n)) == 1)
+
+
 def test_state_round_trip_with_partial_epoch(tmp_path):
     st = _state()
     st.record(torch.arange(8), torch.tensor([0, 0, 1, 1, 2, 2, 2, 2]), torch.rand(8))
