@@ -258,13 +258,17 @@ class SSLBrainBase(sb.Brain):
         )
         return (b.to(self.device) for b in batches)
 
+    @torch.no_grad()
+    def recalibrate_on_clean(self, model: torch.nn.Module, n_batches: int) -> None:
+        """``model``'s BatchNorm statistics ← ``n_batches`` batches of clean crops (the same on every rank)."""
+        recalibrate_bn(model, lambda x: self.embed(model, x), self.clean_batches(n_batches))
+
     def scoring_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """A copy of ``model`` in eval mode, with BN statistics re-estimated on clean crops when enabled."""
         m = copy.deepcopy(model)
         n = int(getattr(self.hparams, "bn_recal_batches", 0) or 0)
         if n > 0:
-            with torch.no_grad():
-                recalibrate_bn(m, lambda x: self.embed(m, x), self.clean_batches(n))
+            self.recalibrate_on_clean(m, n)
         return m.eval()
 
     def validate(self, model: Optional[torch.nn.Module] = None) -> Dict[str, float]:

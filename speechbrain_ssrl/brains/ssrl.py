@@ -44,7 +44,6 @@ import torch
 
 import speechbrain as sb
 
-from speechbrain_ssrl.bn_recalibration import recalibrate_bn
 from speechbrain_ssrl.brains.base import SSLBrainBase
 from speechbrain_ssrl.ema import LinearMomentum, ema_update_
 from speechbrain_ssrl.label_diagnostics import (
@@ -317,8 +316,7 @@ class SSRLBrain(SSLBrainBase):
         model; the same crops on every rank (seeded), so DDP teachers stay identical."""
         n = int(getattr(self.hparams, "bn_recal_batches", 0) or 0) or 20
         self.teacher.to(self.device)
-        with torch.no_grad():
-            recalibrate_bn(self.teacher, lambda x: self.embed(self.teacher, x), self.clean_batches(n))
+        self.recalibrate_on_clean(self.teacher, n)
         self.teacher.eval()
 
     def epoch_stats(self) -> Dict[str, float]:
