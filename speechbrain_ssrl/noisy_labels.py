@@ -19,9 +19,10 @@ Two options (neither paper nor release; issue #13), both off by default:
   tens of nats and form a wide component of their own, so the split can fall inside the correct labels;
   wrong labels are a narrow mode of large losses, which the loss domain isolates.
 * ``noisy_floor``: when the "noisy" component's mean *loss* (``log_loss``: the exp of its mean, a
-  geometric mean) is not above this value there is no noisy mode and every ``p`` is 1 (``gated``). ``NoisyLabelModel(noisy_floor="log_k")`` uses ``log K`` (K
-  active clusters): the loss of a uniform guess, which a label the teacher favours stays below. A
-  2-component fit always splits, also when every label is correct.
+  geometric mean) is not above this value there is no noisy mode and every ``p`` is 1 (``gated``).
+  ``NoisyLabelModel(noisy_floor="log_k")`` uses ``log K`` (K active clusters): the loss of a uniform
+  guess, which a label the teacher favours stays below. A 2-component fit always splits, also when
+  every label is correct.
 
 ``bench/clean_detector_probe.py`` measures the rules on finished runs.
 """
