@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import math
 import os
@@ -48,8 +47,9 @@ from speechbrain_ssrl.noisy_labels import fit_clean_gmm  # noqa: E402
 
 def run_losses(folder: str, csv_path: str, max_seconds: float, scale: float, cache: str = None):
     """(λ, correct, n_active) of a finished SSRL run's final teacher, labels and teacher classifier."""
-    from speechbrain_ssrl.export import load_embed_fn
+    from speechbrain_ssrl.export import latest_checkpoint, load_embed_fn
     from speechbrain_ssrl.initial_clustering import embed_training_set
+    from speechbrain_ssrl.label_diagnostics import label_correct
 
     spk = [r["spk_id"] for r in csv.DictReader(open(csv_path))]
     names = sorted(set(spk))
@@ -64,11 +64,11 @@ def run_losses(folder: str, csv_path: str, max_seconds: float, scale: float, cac
         if cache:
             torch.save(emb, cache)
     emb = torch.nn.functional.normalize(emb.float(), dim=1)
-    ckpts = sorted(glob.glob(os.path.join(folder, "save", "CKPT+*")))
-    if not ckpts:
+    ckpt = latest_checkpoint(folder)
+    if ckpt is None:
         raise SystemExit(f"{folder}/save has no checkpoint: pass a finished SSRL run folder")
-    tc = torch.load(os.path.join(ckpts[-1], "teacher_classifier.ckpt"), weights_only=True)
-    labels = torch.load(os.path.join(ckpts[-1], "pseudo_labels.ckpt"), weights_only=True)["labels"].long()
+    tc = torch.load(os.path.join(ckpt, "teacher_classifier.ckpt"), weights_only=True)
+    labels = torch.load(os.path.join(ckpt, "pseudo_labels.ckpt"), weights_only=True)["labels"].long()
     if labels.numel() != emb.shape[0]:
         raise SystemExit(f"{folder}: {labels.numel()} labels but {emb.shape[0]} rows in {csv_path}: wrong --train_csv")
     w = torch.nn.functional.normalize(tc["weight"].float(), dim=1)
@@ -76,8 +76,7 @@ def run_losses(folder: str, csv_path: str, max_seconds: float, scale: float, cac
     cos = emb @ w.T
     cos[:, ~active] = -1e4
     lam = torch.nn.functional.cross_entropy(scale * cos, labels, reduction="none").double()
-    majority = {c: int(torch.mode(truth[labels == c]).values) for c in labels.unique().tolist()}
-    correct = torch.tensor([majority[int(c)] == int(t) for c, t in zip(labels, truth)])
+    correct = label_correct(labels, truth)
     return lam, correct, int(active.sum())
 
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["read_persons", "cluster_size_stats", "pruning_report", "detector_rates", "majority_homes", "label_merges", "write_label_merges"]
+__all__ = ["read_persons", "cluster_size_stats", "pruning_report", "detector_rates", "majority_homes", "label_correct", "label_merges", "write_label_merges"]
 
 
 def read_persons(data_folder: Optional[str]) -> Dict[str, str]:
@@ -108,6 +108,14 @@ def majority_homes(labels: torch.Tensor, true_labels: torch.Tensor) -> torch.Ten
     K, S = int(y.max()) + 1, int(t.max()) + 1
     counts = torch.zeros(S * K, dtype=torch.long).index_add_(0, t * K + y, torch.ones_like(t))
     return counts.view(S, K).argmax(1)
+
+
+def label_correct(labels: torch.Tensor, true_labels: torch.Tensor) -> torch.Tensor:
+    """Per utterance: is its cluster's majority true speaker its own (the clean detector's truth)."""
+    y, t = torch.as_tensor(labels).long().cpu(), torch.as_tensor(true_labels).long().cpu()
+    K, S = int(y.max()) + 1, int(t.max()) + 1
+    counts = torch.zeros(K * S, dtype=torch.long).index_add_(0, y * S + t, torch.ones_like(t))
+    return counts.view(K, S).argmax(1)[y] == t
 
 
 def label_merges(

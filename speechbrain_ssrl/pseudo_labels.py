@@ -197,17 +197,13 @@ class PseudoLabelState(StateRecoverable):
 
         A sample's label counts as "correct" when its cluster's majority true speaker is its own.
         """
-        from speechbrain_ssrl.label_diagnostics import detector_rates
+        from speechbrain_ssrl.label_diagnostics import detector_rates, label_correct
         from speechbrain_ssrl.metrics import pseudo_label_report
 
         t = torch.as_tensor(true_labels).to(torch.long).cpu()
         rep = pseudo_label_report(self.labels, t)
         out = {k: rep[k] for k in ("nmi", "ari", "purity", "accuracy") if k in rep}
-        # cluster → majority speaker
-        K, S = self.n_clusters, int(t.max()) + 1
-        counts = torch.zeros(K * S, dtype=torch.long).index_add_(0, self.labels * S + t, torch.ones_like(t))
-        major = counts.view(K, S).argmax(1)
-        correct = major[self.labels] == t
+        correct = label_correct(self.labels, t)
         out["label_correct"] = float(correct.double().mean())
         idx = getattr(self, "_last_idx", None)
         if idx is not None and idx.numel():
