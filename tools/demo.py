@@ -61,6 +61,10 @@ def main():
     ap.add_argument("--precision", default=None, help="fp32/bf16 (default: bf16 on a GPU, fp32 on the CPU)")
     ap.add_argument("--dino_epochs", type=int, default=None)
     ap.add_argument("--ssrl_epochs", type=int, default=None)
+    # per-epoch validation re-embeds the 690 test utterances (~25 s on 2 CPU cores, a third of an SSRL epoch): the
+    # demo validates every 5 epochs and the last; the evaluation step scores every exported model anyway
+    ap.add_argument("--validate_every", type=int, default=5,
+                    help="epochs between teacher validations in both trainings (the last epoch always; 0 = none)")
     ap.add_argument("--extra", nargs="*", default=[], help="extra --key=value overrides for both training runs")
     a = ap.parse_args()
     import torch
@@ -83,7 +87,8 @@ def main():
     if not os.path.exists(mfcc_json):
         timings["mfcc"] = sh([py, "-m", "speechbrain_ssrl.baselines", "--data_folder", data, "--out", mfcc_json,
                               "--scores", os.path.join(out, "mfcc", "scores_veri_test2.txt")], log=log)
-    common = [f"--data_folder={data}", f"--device={device}", f"--precision={precision}"] + list(a.extra)
+    common = [f"--data_folder={data}", f"--device={device}", f"--precision={precision}",
+              f"--validate_every={a.validate_every}"] + list(a.extra)
     runs = {
         "random_init": ["hparams/minivox/dino_ecapa.yaml", "--export_untrained=True", "--number_of_epochs=0"],
         "dino": ["hparams/minivox/dino_ecapa.yaml"] + ([f"--number_of_epochs={a.dino_epochs}"] if a.dino_epochs else []),

@@ -57,6 +57,7 @@ def test_ssrl_epoch_end_relabelling_and_diagnostics(minivox_ci, dino_ci, tmp_pat
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
     rows = history(out)
     assert [r["epoch"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert not rows[0].get("eer")  # validate_every 0: no validation, the start's neither
     for key in ("hat_nmi", "hat_purity", "size_min", "size_median", "size_max", "clean_precision", "clean_recall",
                 "max_speakers_per_home", "hat_changed"):
         assert rows[-1][key] != "", key
