@@ -201,37 +201,13 @@ def fit_clean_gmm(
     )
 
 
-def clean_probability(
-    losses,
-    *,
-    max_iter: int = 500,
-    tol: float = 1e-5,
-    eps: float = 1e-12,
-    low_clip_floor: float = -20.0,
-    low_q: float = 0.001,
-    high_q: float = 0.999,
-    seed: int = 0,
-    reg_covar: float = 1e-6,
-    space: str = "log_loss",
-    noisy_floor: Optional[float] = None,
-) -> torch.Tensor:
+def clean_probability(losses, **gmm_kwargs: Any) -> torch.Tensor:
     """Clean probability of each loss (float32 tensor, same shape and device as ``losses``).
 
-    Shorthand for ``fit_clean_gmm(losses, ...).p``; see there for the arguments and degenerate cases.
+    Shorthand for ``fit_clean_gmm(losses, **gmm_kwargs).p``; see there for the keyword arguments and degenerate
+    cases.
     """
-    return fit_clean_gmm(
-        losses,
-        max_iter=max_iter,
-        tol=tol,
-        eps=eps,
-        low_clip_floor=low_clip_floor,
-        low_q=low_q,
-        high_q=high_q,
-        seed=seed,
-        reg_covar=reg_covar,
-        space=space,
-        noisy_floor=noisy_floor,
-    ).p
+    return fit_clean_gmm(losses, **gmm_kwargs).p
 
 
 class NoisyLabelModel(StateRecoverable):

@@ -38,6 +38,10 @@ def test_two_population_weights():
     assert fit.converged and fit.degenerate is None
     # deterministic
     assert torch.equal(clean_probability(losses), p)
+    # the shorthand forwards the GMM's keywords (and refuses unknown ones)
+    assert torch.equal(clean_probability(losses, space="loss"), fit_clean_gmm(losses, space="loss").p)
+    with pytest.raises(TypeError):
+        clean_probability(losses, spaces="loss")
 
 
 def test_clipping_bounds():
