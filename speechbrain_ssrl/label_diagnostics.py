@@ -102,20 +102,22 @@ def detector_rates(confusion: Mapping[str, int]) -> Dict[str, float]:
     return out
 
 
-def majority_homes(labels: torch.Tensor, true_labels: torch.Tensor) -> torch.Tensor:
-    """For every true speaker, the cluster holding most of its utterances (its "home")."""
+def _cooccurrence(labels: torch.Tensor, true_labels: torch.Tensor):
+    """(labels, true labels, counts): counts[k, s] = utterances of true speaker s in cluster k."""
     y, t = torch.as_tensor(labels).long().cpu(), torch.as_tensor(true_labels).long().cpu()
     K, S = int(y.max()) + 1, int(t.max()) + 1
-    counts = torch.zeros(S * K, dtype=torch.long).index_add_(0, t * K + y, torch.ones_like(t))
-    return counts.view(S, K).argmax(1)
+    return y, t, torch.zeros(K * S, dtype=torch.long).index_add_(0, y * S + t, torch.ones_like(t)).view(K, S)
+
+
+def majority_homes(labels: torch.Tensor, true_labels: torch.Tensor) -> torch.Tensor:
+    """For every true speaker, the cluster holding most of its utterances (its "home")."""
+    return _cooccurrence(labels, true_labels)[2].t().argmax(1)
 
 
 def label_correct(labels: torch.Tensor, true_labels: torch.Tensor) -> torch.Tensor:
     """Per utterance: is its cluster's majority true speaker its own (the clean detector's truth)."""
-    y, t = torch.as_tensor(labels).long().cpu(), torch.as_tensor(true_labels).long().cpu()
-    K, S = int(y.max()) + 1, int(t.max()) + 1
-    counts = torch.zeros(K * S, dtype=torch.long).index_add_(0, y * S + t, torch.ones_like(t))
-    return counts.view(K, S).argmax(1)[y] == t
+    y, t, counts = _cooccurrence(labels, true_labels)
+    return counts.argmax(1)[y] == t
 
 
 def label_merges(
