@@ -186,7 +186,7 @@ class SSRLBrain(SSLBrainBase):
         row: Dict[str, object] = {"epoch": 0, "n_clusters": int(torch.unique(self.state.labels).numel()), "phase": "start"}
         if self.true_labels is not None:
             row.update(self.state.diagnostics(self.true_labels))
-        if self.validate_at_start and getattr(self.hparams, "validate_every", 1):  # validate_every 0: no validation
+        if self.validate_at_start and self.validates_after(0):
             row.update(self.validate())
         self.history.log(row)
 
