@@ -24,13 +24,13 @@ and its sparse one (on the non-zero cells only) on large ones (K x S = 8000 x 60
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
-__all__ = ["pseudo_label_report", "contingency", "hungarian_accuracy"]
+__all__ = ["pseudo_label_report", "contingency", "hungarian_accuracy", "hungarian_pairs"]
 
 
 def _to_numpy(labels, name: str) -> np.ndarray:
@@ -82,16 +82,19 @@ def contingency(pred, true) -> Dict[str, Any]:
     )
 
 
-def hungarian_accuracy(table: Dict[str, Any], method: str = "auto") -> float:
-    """Best one-to-one cluster → class matching (items of unmatched clusters/classes are errors).
+def hungarian_pairs(table: Dict[str, Any], method: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
+    """Best one-to-one matching of a contingency table's rows to its columns (maximising matched items).
 
-    ``method="dense"``: ``scipy.optimize.linear_sum_assignment`` on the dense K x S table (maximise);
-    ``"sparse"``: scipy's sparse solver (``min_weight_full_bipartite_matching``, LAPJVsp) on the non-zero
-    cells, with one zero-gain "stay unmatched" column per cluster so that a full matching always exists
-    (cost ``w_max + 1 - n_kc`` for a real cell, ``w_max + 1`` for staying unmatched: minimising the cost
-    maximises the matched items). Both give the same optimum; ``"auto"`` = dense up to 1e6 cells.
+    Returns (row positions, column positions) of the matched cells, positions in the table's sorted distinct
+    labels; rows or columns left unmatched do not appear. ``method="dense"``:
+    ``scipy.optimize.linear_sum_assignment`` on the dense K x S table (maximise; may pair a row with a
+    zero cell); ``"sparse"``: scipy's sparse solver (``min_weight_full_bipartite_matching``, LAPJVsp) on the
+    non-zero cells, with one zero-gain "stay unmatched" column per row so that a full matching always
+    exists (cost ``w_max + 1 - n_kc`` for a real cell, ``w_max + 1`` for staying unmatched: minimising the
+    cost maximises the matched items). Both reach the same number of matched items; ``"auto"`` = dense up
+    to 1e6 cells.
     """
-    K, S, N = table["K"], table["S"], table["N"]
+    K, S = table["K"], table["S"]
     rows, cols, counts = table["rows"], table["cols"], table["counts"]
     if method == "auto":
         method = "dense" if K * S <= 1_000_000 else "sparse"
@@ -109,11 +112,7 @@ def hungarian_accuracy(table: Dict[str, Any], method: str = "auto") -> float:
         graph = csr_matrix((w, (r, c)), shape=(K, S + K))
         ri, ci = min_weight_full_bipartite_matching(graph)
         real = ci < S
-        # gain of the matched real cells: look them up in the (sorted) cell keys
-        keys = rows.astype(np.int64) * S + cols
-        want = ri[real].astype(np.int64) * S + ci[real]
-        pos = np.searchsorted(keys, want)
-        return float(counts[pos].sum()) / N
+        return ri[real].astype(np.int64), ci[real].astype(np.int64)
     if method != "dense":
         raise ValueError(f"method must be 'auto', 'dense' or 'sparse', got {method!r}")
     from scipy.optimize import linear_sum_assignment
@@ -121,7 +120,19 @@ def hungarian_accuracy(table: Dict[str, Any], method: str = "auto") -> float:
     dense = np.zeros((K, S), dtype=np.float64)
     dense[rows, cols] = counts
     a, b = linear_sum_assignment(dense, maximize=True)
-    return float(dense[a, b].sum()) / N
+    return a.astype(np.int64), b.astype(np.int64)
+
+
+def hungarian_accuracy(table: Dict[str, Any], method: str = "auto") -> float:
+    """Best one-to-one cluster → class matching (``hungarian_pairs``); items of unmatched clusters/classes
+    are errors."""
+    a, b = hungarian_pairs(table, method)
+    # gain of the matched cells: look them up in the (sorted, row-major) cell keys; a zero cell is absent
+    keys = table["rows"].astype(np.int64) * table["S"] + table["cols"]
+    want = a * table["S"] + b
+    pos = np.clip(np.searchsorted(keys, want), 0, keys.size - 1)
+    found = keys[pos] == want
+    return float(table["counts"][pos[found]].sum()) / table["N"]
 
 
 def pseudo_label_report(pred_labels, true_labels) -> Dict[str, Any]:

@@ -191,6 +191,23 @@ class PseudoLabelState(StateRecoverable):
         self._last_idx, self._last_hat = idx, hat
         return stats
 
+    def restart_from(self, labels: torch.Tensor) -> Dict[str, float]:
+        """Labels, queues and clean probabilities restart from ``labels`` as the run did from y0 (the queues
+        seeded with the same number of copies, every clean probability 1; y0, pruning and the running
+        epoch's records are kept): a re-clustering inside the run (``reclustering.py``). Returns the fraction
+        of labels that changed."""
+        new = torch.as_tensor(labels).to("cpu", torch.long)
+        if new.shape != self.labels.shape:
+            raise ValueError(f"labels must have shape {tuple(self.labels.shape)}, got {tuple(new.shape)}")
+        if new.numel() and (int(new.min()) < 0 or int(new.max()) >= self.n_clusters or bool(self.pruned[new].any())):
+            raise ValueError("labels must be ids of active clusters")
+        changed = changed_fraction(self.labels, new)
+        q = self.queue
+        self.queue = PseudoLabelQueue(new, length=q.length, seed_copies=q.seed_copies, tie=q.tie)
+        self.labels = new.clone()
+        self.noise.p.fill_(1.0)
+        return {"recluster_changed": changed}
+
     # ------------------------------------------------------------------ diagnostics (true labels)
     def diagnostics(self, true_labels: torch.Tensor) -> Dict[str, Any]:
         """NMI / purity / accuracy of the current labels and the clean detector's TP/FP/TN/FN.

@@ -299,6 +299,12 @@ class SSLBrainBase(sb.Brain):
         """Stage-specific statistics of the finished epoch (override)."""
         return {}
 
+    def validates_after(self, epoch: int) -> bool:
+        """Whether the teacher is validated after ``epoch`` (0: the start): every ``validate_every`` epochs and
+        after the last; ``validate_every: 0`` never validates, not even the start."""
+        every = int(getattr(self.hparams, "validate_every", 1) or 0)
+        return every > 0 and (epoch % every == 0 or epoch == int(self.hparams.number_of_epochs))
+
     def end_of_epoch(self, stage_loss: float, epoch: int) -> Dict[str, object]:
         """Validation, logs, history, plots and the end-of-epoch checkpoint (call from ``on_stage_end``)."""
         for rng in self._rng_states():  # an intra-epoch checkpoint taken after the epoch's last batch
@@ -308,9 +314,7 @@ class SSLBrainBase(sb.Brain):
         stats.update(self.epoch_stats())
         stats["epoch_seconds"] = round(time.time() - self._epoch_start, 1)
         valid = {}
-        if if_main_process() and getattr(self.hparams, "validate_every", 1) and (
-            epoch % int(self.hparams.validate_every) == 0 or epoch == self.hparams.number_of_epochs
-        ):
+        if if_main_process() and self.validates_after(epoch):
             t0 = time.time()
             valid = self.validate()
             if valid:  # nothing validated (no trial list): no column

@@ -58,6 +58,7 @@ BASELINE_SWITCHES: Dict[str, Any] = {
     "prune_clusters": False,
     "noisy_label_model": False,
     "teacher_margin": 0.0,
+    "recluster_epochs": [],  # the rounds re-cluster (between runs)
     "teacher_bn": "eval",
     "ema_start": 0.0,  # unused: no EMA
     "ema_end": 0.0,

@@ -32,6 +32,11 @@ computed at the end of the epoch from the teacher embeddings recorded during it:
 classifiers' rows) are re-estimated as the cluster means of those embeddings (plus Lloyd steps), then ŷ
 and λ follow from them. ``teacher_bn: recal`` re-estimates the teacher's BatchNorm statistics on clean
 crops before every labelling epoch (and keeps them through it).
+
+Re-clustering (``recluster_epochs``, neither paper nor release; ``reclustering.py``): at the end of each listed
+epoch the teacher's embeddings of every training utterance are clustered afresh (k-means, as many clusters as
+are active, saved in ``<output_folder>/reclustering/epoch_<e>/``), the new clusters take the ids they share the
+most utterances with, and labels, queues, clean probabilities and both classifiers' rows restart from them.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from speechbrain_ssrl.label_diagnostics import (
 from speechbrain_ssrl.losses import weighted_mean
 from speechbrain_ssrl.online_clustering import RelabelConfig, relabel, row_chunks, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
+from speechbrain_ssrl.reclustering import map_onto, recluster_epochs
 from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
 
 logger = logging.getLogger(__name__)
@@ -75,7 +81,7 @@ class SSRLBrain(SSLBrainBase):
         "eer": ["eer"],
         "n_clusters": ["n_clusters"],
         "label_quality": ["nmi", "purity", "accuracy"],
-        "labels_changed": ["labels_changed", "hat_changed"],
+        "labels_changed": ["labels_changed", "hat_changed", "recluster_changed"],
         "clean_probability": ["mean_p", "frac_noisy"],
         "teacher_assignments": ["hat_nmi", "hat_purity", "nmi"],
         "cluster_sizes": ["size_min", "size_median", "size_max"],
@@ -126,6 +132,7 @@ class SSRLBrain(SSLBrainBase):
             knn_k=int(getattr(h, "relabel_knn_k", 5)),
             knn_self_weight=float(getattr(h, "relabel_knn_self_weight", 3.5)),
         )
+        self.recluster_at = recluster_epochs(getattr(h, "recluster_epochs", None), int(h.number_of_epochs))
         if h.teacher_bn not in ("eval", "train", "recal"):
             raise ValueError(f"teacher_bn: {h.teacher_bn!r} is not one of eval, train, recal (see the yaml's comment)")
         L, e_fix = int(h.queue_length), int(h.fixed_label_epochs)
@@ -179,7 +186,7 @@ class SSRLBrain(SSLBrainBase):
         row: Dict[str, object] = {"epoch": 0, "n_clusters": int(torch.unique(self.state.labels).numel()), "phase": "start"}
         if self.true_labels is not None:
             row.update(self.state.diagnostics(self.true_labels))
-        if self.validate_at_start and getattr(self.hparams, "validate_every", 1):  # validate_every 0: no validation
+        if self.validate_at_start and self.validates_after(0):
             row.update(self.validate())
         self.history.log(row)
 
@@ -345,6 +352,8 @@ class SSRLBrain(SSLBrainBase):
             stats.update(st)
         else:
             stats["n_clusters"] = int(torch.unique(self.state.labels).numel())
+        if epoch in getattr(self, "recluster_at", ()):
+            stats.update(self.recluster(epoch))
         stats["phase"] = "update" if self.in_update_phase(epoch) else "fixed"
         stats.update(self.label_diagnostics())
         return stats
@@ -370,6 +379,50 @@ class SSRLBrain(SSLBrainBase):
         summary = write_label_merges(path, rows) if if_main_process() else {}
         out.update(summary)
         return out
+
+    @torch.no_grad()
+    def recluster(self, epoch: int) -> Dict[str, float]:
+        """A fresh k-means of the teacher's embeddings restarts the labels (``reclustering.py``); every rank
+        takes part (the embedding is sharded, k-means runs on the main process, every rank loads its saved
+        result, which a resumed run reuses)."""
+        import time
+
+        from speechbrain_ssrl.initial_clustering import initial_clustering
+        from speechbrain_ssrl.metrics import pseudo_label_report
+
+        h = self.hparams
+        t0 = time.time()
+        tc = h.teacher_classifier
+        targets = torch.nonzero(tc.active.detach().cpu()).flatten()
+        data = initial_clustering(
+            embed_fn=self.embed_fn(self.scoring_model(self.teacher)),
+            train_csv=h.train_annotation,
+            out_dir=os.path.join(h.output_folder, "reclustering", f"epoch_{epoch}"),
+            k=int(targets.numel()),
+            max_seconds=getattr(h, "cluster_max_seconds", None),
+            n_iter=int(getattr(h, "kmeans_iterations", 100)),
+            init=str(getattr(h, "kmeans_init", "k-means++")),
+            seed=int(h.seed) + int(epoch),
+            device=str(self.device),
+            sample_rate=int(getattr(h, "sample_rate", 16000)),
+            num_workers=int(getattr(h, "cluster_num_workers", 0) or 0),
+            progress=not self.noprogressbar,
+            distributed=True,
+        )
+        old = self.state.labels
+        labels, mapping = map_onto(data["labels"], old, targets)
+        stats: Dict[str, float] = {"reclustered": 1, "recluster_agreement": float(pseudo_label_report(labels, old)["nmi"])}
+        stats.update(self.state.restart_from(labels))
+        centroids = torch.nn.functional.normalize(data["centroids"].float(), dim=1)
+        for clf in (h.classifier, tc):  # each matched row turns to its new centroid, keeping its norm
+            w = clf.weight.data
+            rows = mapping.to(w.device)
+            w[rows] = centroids.to(w)[: rows.numel()] * w[rows].norm(dim=1, keepdim=True)
+        stats["recluster_seconds"] = round(time.time() - t0, 1)
+        logger.info("epoch %d: re-clustered the teacher's embeddings into %d clusters, %.3f of the labels changed "
+                    "(NMI to the previous labels %.3f)", epoch, targets.numel(), stats["recluster_changed"],
+                    stats["recluster_agreement"])
+        return stats
 
     @torch.no_grad()
     def relabel_at_epoch_end(self, epoch: int) -> Dict[str, torch.Tensor]:

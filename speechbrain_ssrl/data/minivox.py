@@ -14,7 +14,8 @@ scoring code run on any Debian machine::
 
 Voices (all Debian packages):
 
-* **MBROLA** diphone voices driven by ``espeak-ng -v mb-xx[-en]``: each was cut from one real
+* **MBROLA** diphone voices (``espeak-ng -v mb-xx[-en] --pho`` gives the phonemes, ``mbrola`` speaks them;
+  espeak-ng's own pipe to mbrola drops frames now and then): each was cut from one real
   person's recordings. The English readers (us1-3, en1 and every database with an ``mb-xx-en``
   voice) are the **test** speakers; the others read English with their own language's rules and are
   **training** speakers. cn1 (broken), bz1 and hn1 (no espeak-ng voice) are dropped; fr2, the
@@ -92,7 +93,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-FORMAT_VERSION = 1
+#: 2: MBROLA voices rendered by mbrola itself from espeak-ng's phonemes (reproducible; 1: espeak-ng's pipe)
+FORMAT_VERSION = 2
 LICENSES_DIR = "/usr/share/common-licenses"
 MBROLA_DIR = "/usr/share/mbrola"
 
@@ -216,7 +218,7 @@ def discover_voices(mbrola_dir: Optional[str] = None) -> VoiceInventory:
         )
     # MBROLA: databases present on disk x voices espeak-ng knows
     mbrola: List[Voice] = []
-    dbs = sorted(os.listdir(mbrola_dir)) if os.path.isdir(mbrola_dir) else []
+    dbs = sorted(os.listdir(mbrola_dir)) if os.path.isdir(mbrola_dir) and shutil.which("mbrola") else []
     if dbs:
         table = dict(_parse_voice_table(_run(["espeak-ng", "--voices=mb"]).stdout.decode(errors="replace")))
         for db in dbs:
@@ -583,6 +585,24 @@ def _synthesize(job: UttJob) -> Tuple[np.ndarray, int]:
                 raise RuntimeError(
                     f"flite failed for voice {job.voice} ({job.rel_path}): {res.stderr.decode(errors='replace')}"
                     " Fix: check that `flite -voice {job.voice} -t hello` works (apt-get install flite)."
+                )
+            x, sr = sf.read(out, dtype="float32")
+    elif job.engine == "mbrola":
+        # espeak-ng's phonemes, then MBROLA itself, not espeak-ng's mbrowrap pipe: that pipe drops a frame
+        # now and then (more often under load), so two builds of one seed differed in ~16 % of the MBROLA
+        # files (483 of 3,010 demo files; 4 of 40 sentences repeated 3 times on a loaded machine, none this way)
+        db = job.voice.split("-")[1]  # mb-<db> or mb-<db>-en
+        cmd = ["espeak-ng", "-v", job.voice, "-p", str(job.pitch), "-s", str(job.speed), "-q", "--pho", "--stdin"]
+        pho = _run(cmd, job.text.encode())
+        with tempfile.TemporaryDirectory(prefix="minivox_") as tmp:
+            out = os.path.join(tmp, "x.wav")
+            res = _run(["mbrola", "-e", os.path.join(MBROLA_DIR, db, db), "-", out], pho.stdout)
+            if pho.returncode != 0 or res.returncode != 0 or not os.path.isfile(out) or os.path.getsize(out) <= 44:
+                raise RuntimeError(
+                    f"espeak-ng --pho | mbrola failed for voice {job.voice} ({job.rel_path}): "
+                    f"{(pho.stderr + res.stderr).decode(errors='replace').strip()}. Fix: check that "
+                    f"`espeak-ng -v {job.voice} hello` works; reinstall mbrola and its voice package or run "
+                    "tools/install_system_deps.sh"
                 )
             x, sr = sf.read(out, dtype="float32")
     else:

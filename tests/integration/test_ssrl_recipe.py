@@ -93,3 +93,27 @@ def test_ssrl_label_fixed_phase_ended_by_agreement(minivox_ci, dino_ci, tmp_path
     assert [r["phase"] for r in rows[1:]] == ["fixed", "fixed", "update"]
     assert float(rows[1]["labels_changed"]) == 0.0
     assert all(0.0 <= float(r["teacher_agreement"]) <= 1.0 for r in rows[1:3]) and rows[3]["teacher_agreement"] == ""
+
+
+def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
+    """recluster_epochs: after epoch 2 a fresh k-means of the teacher's embeddings restarts the labels (saved
+    under reclustering/epoch_2/, logged in history.csv); the run goes on and a resume keeps the restart."""
+    out = str(tmp_path / "ssrl_rc")
+    args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
+            "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9",
+            "--recluster_epochs=[2]", "--validate_every=0", *TINY_ECAPA]
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=3")
+    rows = history(out)
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r.get("reclustered", "") for r in rows] == ["", "", "1", ""]
+    assert 0.0 < float(rows[2]["recluster_changed"]) <= 1.0 and 0.0 <= float(rows[2]["recluster_agreement"]) <= 1.0
+    saved = torch.load(os.path.join(out, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
+    assert saved["k"] == 24 - int(rows[2]["n_pruned"])  # as many clusters as were active
+    ckpt = sorted(d for d in os.listdir(os.path.join(out, "save")) if d.startswith("CKPT+"))[-1]
+    state = torch.load(os.path.join(out, "save", ckpt, "pseudo_labels.ckpt"), weights_only=True)
+    restarted = state["queue"]["initial"]  # the queues were seeded with the re-clustered labels
+    assert not torch.equal(restarted, state["y0"]) and torch.unique(restarted).numel() <= saved["k"]
+    # resume: epoch 4 continues from the restarted state; epoch 2's re-clustering is not redone
+    proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
+    assert "Going into epoch 1" not in proc.stdout + proc.stderr and "re-clustered" not in proc.stdout + proc.stderr
+    assert [r.get("reclustered", "") for r in history(out)] == ["", "", "1", "", ""]

@@ -129,3 +129,17 @@ def test_random_eq_colours_spectrum_keeps_rms():
     assert ratio.std() > 0.1  # the spectrum was reshaped, not just rescaled
     chain = AugmentChain([RandomAugment([RandomEQ()], prob=1.0), RandomAugment([RandomEQ()], prob=0.0)])
     assert chain(x).shape == x.shape
+
+
+def test_validates_after_every_n_epochs_the_last_and_never_with_zero():
+    from types import SimpleNamespace
+
+    from speechbrain_ssrl.brains.base import SSLBrainBase
+
+    def epochs(every):
+        fake = SimpleNamespace(hparams=SimpleNamespace(validate_every=every, number_of_epochs=7))
+        return [e for e in range(8) if SSLBrainBase.validates_after(fake, e)]
+
+    assert epochs(1) == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert epochs(3) == [0, 3, 6, 7]  # 0: the start's row (SSRL validates its starting teacher)
+    assert epochs(0) == [] and epochs(None) == []

@@ -1,0 +1,84 @@
+"""Re-clustering inside one SSRL run: a fresh k-means of the teacher's embeddings at chosen epochs.
+
+Neither the paper nor the release does this (issue #13; yaml key ``recluster_epochs``, default ``[]``). The
+online loop relabels each utterance from the current labels' neighbourhood (nearest prototype, queue vote,
+neighbourhood vote), so it keeps the errors the labels share with the representation they came from: from
+a k-means start it keeps the k-means labels, while a fresh k-means of the same run's final embeddings
+groups the speakers better (recipe README, "NMI re-clustered"; ``bench/relabel_probe.py``). The iterative
+baseline gets its gain that way, by re-clustering between rounds. Here the re-clustering happens inside the
+run, at the end of the listed epochs, without restarting the model:
+
+1. the EMA teacher (a copy, BN re-estimated on clean crops) embeds every training utterance, as the initial
+   clustering does, and k-means splits them into as many clusters as are active;
+2. each new cluster takes the id of the active cluster it shares the most utterances with (a one-to-one
+   matching, :func:`map_onto`), so ids, queues and pruning keep their meaning;
+3. labels and queues restart from the new labels (as from y0), the clean probabilities from 1, and both
+   classifiers' rows of the matched ids turn to the new centroids.
+
+Between two re-clusterings the queue keeps the new labels for its seeded epochs and the online loop goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from speechbrain_ssrl.metrics import contingency, hungarian_pairs
+
+__all__ = ["map_onto", "recluster_epochs"]
+
+
+def recluster_epochs(value: Optional[Iterable[int]], number_of_epochs: int, key: str = "recluster_epochs") -> List[int]:
+    """The yaml's list of epochs after which the run re-clusters, checked: integers in [1, number_of_epochs)
+    (a re-clustering after the last epoch would give labels nothing trains on), sorted, without repeats."""
+    if value is None:
+        return []
+    if isinstance(value, (int, str)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{key}: {value!r} is not a list of epochs; write e.g. {key}: [4, 6, 8] (or [] for never)")
+    out = []
+    for e in value:
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 1 <= int(e) < int(number_of_epochs):
+            raise ValueError(
+                f"{key}: {e!r} is not an epoch in [1, {int(number_of_epochs) - 1}] (number_of_epochs: "
+                f"{number_of_epochs}; the last epoch cannot re-cluster); fix the list"
+            )
+        out.append(int(e))
+    return sorted(set(out))
+
+
+def map_onto(new_labels: torch.Tensor, old_labels: torch.Tensor, target_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """New cluster ids 0..k-1 → ``target_ids`` (k <= len(target_ids)), one to one, maximising the utterances
+    whose id stays: each new cluster takes the target id it shares the most utterances with under
+    ``old_labels`` (Hungarian matching on the contingency table, ``metrics.hungarian_pairs``); the new
+    clusters left unmatched (no overlap with a free target id) take the unused target ids in ascending order.
+
+    Returns (the new labels in target ids, the map: LongTensor (k,), new cluster c → its id).
+    """
+    new = torch.as_tensor(new_labels).to("cpu", torch.long)
+    old = torch.as_tensor(old_labels).to("cpu", torch.long)
+    targets = torch.as_tensor(target_ids).to("cpu", torch.long)
+    if new.shape != old.shape or new.dim() != 1:
+        raise ValueError(f"new and old labels must be 1-D of one length, got {tuple(new.shape)} and {tuple(old.shape)}")
+    if targets.unique().numel() != targets.numel():
+        raise ValueError("target_ids must be distinct")
+    k = int(new.max()) + 1 if new.numel() else 0
+    if k > targets.numel():
+        raise ValueError(f"{k} new clusters but only {targets.numel()} target ids")
+    mapping = torch.full((k,), -1, dtype=torch.long)
+    if new.numel():
+        table = contingency(new.numpy(), old.numpy())
+        new_vals, old_vals = np.unique(new.numpy()), np.unique(old.numpy())
+        r, c = hungarian_pairs(table)
+        is_target = torch.zeros(int(max(int(targets.max()), int(old.max()))) + 1, dtype=torch.bool)
+        is_target[targets] = True
+        for ri, ci in zip(r.tolist(), c.tolist()):
+            o = int(old_vals[ci])
+            if is_target[o]:
+                mapping[int(new_vals[ri])] = o
+    used = torch.isin(targets, mapping[mapping >= 0])
+    free = targets[~used].sort().values
+    todo = torch.nonzero(mapping < 0).flatten()
+    mapping[todo] = free[: todo.numel()]
+    return mapping[new], mapping

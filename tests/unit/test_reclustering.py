@@ -1,0 +1,73 @@
+"""Re-clustering inside an SSRL run: the epoch list's checks, the id matching, the state's restart."""
+
+import pytest
+import torch
+
+from speechbrain_ssrl.metrics import contingency, hungarian_accuracy, hungarian_pairs
+from speechbrain_ssrl.pseudo_labels import PseudoLabelState
+from speechbrain_ssrl.reclustering import map_onto, recluster_epochs
+
+
+def test_recluster_epochs_checked_and_sorted():
+    assert recluster_epochs(None, 10) == [] and recluster_epochs([], 10) == []
+    assert recluster_epochs([8, 4, 6, 4], 10) == [4, 6, 8]
+    for bad in ([10], [0], [2.5], [True], 4, "4,6"):
+        with pytest.raises(ValueError, match="recluster_epochs"):
+            recluster_epochs(bad, 10)
+
+
+def test_map_onto_keeps_the_ids_of_the_best_overlap():
+    # old ids 3, 7, 9 (active); the new clustering numbers the same groups 0, 1, 2 in another order,
+    # and moves one utterance
+    old = torch.tensor([3, 3, 3, 7, 7, 7, 9, 9, 9])
+    new = torch.tensor([2, 2, 1, 0, 0, 0, 1, 1, 1])
+    labels, mapping = map_onto(new, old, torch.tensor([3, 7, 9, 11]))
+    assert mapping.tolist() == [7, 9, 3]
+    assert labels.tolist() == [3, 3, 9, 7, 7, 7, 9, 9, 9]
+
+
+def test_map_onto_unmatched_clusters_take_free_ids():
+    # two new clusters split old id 5; the one without a match takes the smallest unused target id
+    old = torch.tensor([5, 5, 5, 5, 8, 8])
+    new = torch.tensor([0, 0, 0, 2, 1, 1])
+    labels, mapping = map_onto(new, old, torch.tensor([5, 8, 12, 13]))
+    assert mapping.tolist() == [5, 8, 12]
+    assert labels.tolist() == [5, 5, 5, 12, 8, 8]
+    # never an id outside the targets (old id 4 is pruned), never one id twice
+    labels, mapping = map_onto(torch.tensor([0, 0, 1, 1]), torch.tensor([4, 4, 6, 6]), torch.tensor([6, 10]))
+    assert sorted(mapping.tolist()) == [6, 10] and labels.tolist() == [10, 10, 6, 6]
+    with pytest.raises(ValueError, match="target ids"):
+        map_onto(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), torch.tensor([0, 1]))
+
+
+def test_hungarian_pairs_dense_and_sparse_match_the_same_items():
+    g = torch.Generator().manual_seed(0)
+    p = torch.randint(0, 30, (500,), generator=g)
+    t = (p // 2 + torch.randint(0, 3, (500,), generator=g)) % 17
+    tab = contingency(p.numpy(), t.numpy())
+    gains = []
+    for method in ("dense", "sparse"):
+        a, b = hungarian_pairs(tab, method)
+        assert len(set(a.tolist())) == a.size and len(set(b.tolist())) == b.size  # one to one
+        gains.append(hungarian_accuracy(tab, method))
+    assert gains[0] == pytest.approx(gains[1])
+
+
+def test_state_restart_from_new_labels():
+    st = PseudoLabelState(torch.tensor([0, 0, 1, 1, 2, 2]), 4, queue_length=5)
+    st.queue.push(torch.arange(6), torch.tensor([1, 1, 1, 1, 1, 1]))
+    st.noise.p[:] = torch.tensor([0.1, 1, 1, 0.2, 1, 1])
+    st.pruned[3] = True
+    out = st.restart_from(torch.tensor([2, 2, 0, 1, 1, 1]))
+    assert out["recluster_changed"] == pytest.approx(5 / 6)
+    assert st.labels.tolist() == [2, 2, 0, 1, 1, 1] and st.y0.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.all(st.noise.p == 1)
+    # the queues hold the seeded copies of the new labels only: the next vote keeps them against one dissent
+    st.queue.push(torch.arange(6), torch.tensor([0, 0, 0, 0, 0, 0]))
+    assert st.queue.vote().tolist() == [2, 2, 0, 1, 1, 1]
+    state = st.state_dict()
+    other = PseudoLabelState(torch.tensor([0, 0, 1, 1, 2, 2]), 4, queue_length=5)
+    other.load_state_dict(state)  # a resumed run continues from the restarted queues
+    assert other.queue.vote().tolist() == [2, 2, 0, 1, 1, 1] and other.labels.tolist() == [2, 2, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="active clusters"):
+        st.restart_from(torch.tensor([3, 3, 0, 1, 1, 1]))  # 3 is pruned
