@@ -142,6 +142,7 @@ def initial_clustering(
     sample_rate: int = 16000,
     num_workers: int = 0,
     distributed: bool = False,
+    keep_embeddings: bool = False,
 ) -> Dict[str, Any]:
     """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
 
@@ -158,6 +159,8 @@ def initial_clustering(
         num_workers: DataLoader worker processes that read the audio (0: the calling process reads it).
         distributed: under DDP, call it on every rank: the embedding is sharded over the ranks, k-means runs
             on the main process, every rank returns the saved result (see the module docstring).
+        keep_embeddings: the returned dict also holds the ``embeddings`` (N, D) it clustered (not saved; only
+            where they were computed: not when a saved result is reused, not on the other DDP ranks).
     Returns:
         dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
         saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
@@ -201,9 +204,12 @@ def initial_clustering(
     t_embed = time.perf_counter() - t0
     logger.info("initial clustering: %d embeddings of dimension %d in %.1f s", emb.shape[0], emb.shape[1], t_embed)
     if not shard:
-        return _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
+        data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
                                  spherical=spherical, init=init, device=device, precision=precision,
                                  chunk_size=chunk_size, progress=progress)
+        if keep_embeddings:
+            data["embeddings"] = emb
+        return data
     failure, data = None, None
     if torch.distributed.get_rank() == 0:  # (not SpeechBrain's if_main_process: it reads RANK from the environment)
         try:
@@ -217,6 +223,8 @@ def initial_clustering(
         raise failure
     if message is not None:
         raise RuntimeError(f"initial clustering failed on the main process: {message}")
+    if data is not None and keep_embeddings:  # the main process (its emb holds every rank's share)
+        data["embeddings"] = emb
     if data is None:  # the other ranks: the main process's saved result
         data = load_initial_clustering(path, expected_ids=ids, expected_k=k)
         data["path"] = path

@@ -24,10 +24,11 @@ from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from speechbrain_ssrl.metrics import contingency, hungarian_pairs
 
-__all__ = ["map_onto", "recluster_epochs"]
+__all__ = ["map_onto", "mean_cosine", "recluster_epochs"]
 
 
 def recluster_epochs(value: Optional[Iterable[int]], number_of_epochs: int, key: str = "recluster_epochs") -> List[int]:
@@ -82,3 +83,15 @@ def map_onto(new_labels: torch.Tensor, old_labels: torch.Tensor, target_ids: tor
     todo = torch.nonzero(mapping < 0).flatten()
     mapping[todo] = free[: todo.numel()]
     return mapping[new], mapping
+
+
+def mean_cosine(emb: torch.Tensor, labels: torch.Tensor) -> float:
+    """The spherical k-means objective of a partition: the mean cosine of each (normalised) row to its
+    cluster's normalised mean. Logged for the re-clustering and for the labels it replaces (a label-free
+    comparison of the two on the same embeddings)."""
+    x = F.normalize(torch.as_tensor(emb).float(), dim=1)
+    lab = torch.as_tensor(labels).to(x.device, torch.long)
+    if lab.numel() != x.shape[0]:
+        raise ValueError(f"{lab.numel()} labels for {x.shape[0]} embeddings")
+    sums = torch.zeros(int(lab.max()) + 1, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, lab, x)
+    return float((x * F.normalize(sums, dim=1)[lab]).sum(dim=1).mean())

@@ -61,7 +61,7 @@ from speechbrain_ssrl.label_diagnostics import (
 from speechbrain_ssrl.losses import weighted_mean
 from speechbrain_ssrl.online_clustering import RelabelConfig, relabel, row_chunks, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
-from speechbrain_ssrl.reclustering import map_onto, recluster_epochs
+from speechbrain_ssrl.reclustering import map_onto, mean_cosine, recluster_epochs
 from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
 
 logger = logging.getLogger(__name__)
@@ -408,10 +408,15 @@ class SSRLBrain(SSLBrainBase):
             num_workers=int(getattr(h, "cluster_num_workers", 0) or 0),
             progress=not self.noprogressbar,
             distributed=True,
+            keep_embeddings=True,
         )
+        emb = data.pop("embeddings", None)
         old = self.state.labels
         labels, mapping = map_onto(data["labels"], old, targets)
         stats: Dict[str, float] = {"reclustered": 1, "recluster_agreement": float(pseudo_label_report(labels, old)["nmi"])}
+        if emb is not None:  # the k-means objective of the new labels and of those they replace (label-free)
+            stats["recluster_objective"] = mean_cosine(emb, labels)
+            stats["labels_objective"] = mean_cosine(emb, old)
         stats.update(self.state.restart_from(labels))
         centroids = torch.nn.functional.normalize(data["centroids"].float(), dim=1)
         for clf in (h.classifier, tc):  # each matched row turns to its new centroid, keeping its norm

@@ -107,6 +107,7 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
     assert [r.get("reclustered", "") for r in rows] == ["", "", "1", ""]
     assert 0.0 < float(rows[2]["recluster_changed"]) <= 1.0 and 0.0 <= float(rows[2]["recluster_agreement"]) <= 1.0
+    assert -1.0 <= float(rows[2]["labels_objective"]) <= 1.0 and -1.0 <= float(rows[2]["recluster_objective"]) <= 1.0
     saved = torch.load(os.path.join(out, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
     assert saved["k"] == 24 - int(rows[2]["n_pruned"])  # as many clusters as were active
     ckpt = sorted(d for d in os.listdir(os.path.join(out, "save")) if d.startswith("CKPT+"))[-1]

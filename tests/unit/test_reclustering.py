@@ -5,7 +5,7 @@ import torch
 
 from speechbrain_ssrl.metrics import contingency, hungarian_accuracy, hungarian_pairs
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
-from speechbrain_ssrl.reclustering import map_onto, recluster_epochs
+from speechbrain_ssrl.reclustering import map_onto, mean_cosine, recluster_epochs
 
 
 def test_recluster_epochs_checked_and_sorted():
@@ -71,3 +71,14 @@ def test_state_restart_from_new_labels():
     assert other.queue.vote().tolist() == [2, 2, 0, 1, 1, 1] and other.labels.tolist() == [2, 2, 0, 1, 1, 1]
     with pytest.raises(ValueError, match="active clusters"):
         st.restart_from(torch.tensor([3, 3, 0, 1, 1, 1]))  # 3 is pruned
+
+
+def test_mean_cosine_prefers_the_partition_that_follows_the_embeddings():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1)
+    truth = torch.arange(40) % 4
+    emb = centres[truth] + 0.1 * torch.randn(40, 16, generator=g)
+    shuffled = truth[torch.randperm(40, generator=g)]
+    assert 0.9 < mean_cosine(emb, truth) <= 1.0
+    assert mean_cosine(emb, shuffled) < mean_cosine(emb, truth) - 0.3
+    assert mean_cosine(emb, truth + 10) == pytest.approx(mean_cosine(emb, truth))  # ids need not be 0..k-1
