@@ -143,6 +143,7 @@ def initial_clustering(
     num_workers: int = 0,
     distributed: bool = False,
     keep_embeddings: bool = False,
+    init_labels: Optional[torch.Tensor] = None,
 ) -> Dict[str, Any]:
     """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
 
@@ -161,6 +162,9 @@ def initial_clustering(
             on the main process, every rank returns the saved result (see the module docstring).
         keep_embeddings: the returned dict also holds the ``embeddings`` (N, D) it clustered (not saved; only
             where they were computed: not when a saved result is reused, not on the other DDP ranks).
+        init_labels: (N,) labels in CSV order whose ``k`` clusters start k-means (their normalised mean
+            embeddings, in ascending label order) instead of ``init``: a re-clustering that starts from the
+            current labels (``reclustering.py``); saved as ``init: labels``.
     Returns:
         dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
         saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
@@ -192,6 +196,13 @@ def initial_clustering(
             "Re-run the data preparation if it moved"
         )
 
+    if init == "labels" and init_labels is None:
+        raise ValueError("init: labels needs init_labels (the labels whose clusters start k-means)")
+    if init_labels is not None:
+        init_labels = torch.as_tensor(init_labels).to("cpu", torch.long)
+        if init_labels.numel() != len(ids) or torch.unique(init_labels).numel() != k:
+            raise ValueError(f"init_labels must give each of the {len(ids)} utterances one of exactly k = {k} labels")
+        init = "labels"
     config = dict(
         train_csv=os.path.abspath(train_csv), k=k, max_seconds=max_seconds, n_iter=n_iter, tol=tol, seed=seed,
         spherical=spherical, init=init, precision=precision, batch_seconds=batch_seconds, max_batch=max_batch,
@@ -206,7 +217,7 @@ def initial_clustering(
     if not shard:
         data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
                                  spherical=spherical, init=init, device=device, precision=precision,
-                                 chunk_size=chunk_size, progress=progress)
+                                 chunk_size=chunk_size, progress=progress, init_labels=init_labels)
         if keep_embeddings:
             data["embeddings"] = emb
         return data
@@ -215,7 +226,7 @@ def initial_clustering(
         try:
             data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol,
                                      seed=seed, spherical=spherical, init=init, device=device, precision=precision,
-                                     chunk_size=chunk_size, progress=progress)
+                                     chunk_size=chunk_size, progress=progress, init_labels=init_labels)
         except Exception as e:  # noqa: BLE001 - the other ranks are told, then it is raised here
             failure = e
     message = ddp_broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
@@ -232,9 +243,16 @@ def initial_clustering(
 
 
 def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_iter, tol, seed, spherical, init, device,
-                      precision, chunk_size, progress) -> Dict[str, Any]:
+                      precision, chunk_size, progress, init_labels=None) -> Dict[str, Any]:
     """k-means of ``emb``, the diagnostic report, and the atomic save (one process)."""
     t0 = time.perf_counter()
+    if init_labels is not None:  # the labels' clusters: normalised mean embeddings, in ascending label order
+        _, dense = torch.unique(init_labels, return_inverse=True)
+        x = emb.float().cpu()
+        x = torch.nn.functional.normalize(x, dim=1) if spherical else x
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float32).index_add_(0, dense, x)
+        counts = torch.bincount(dense, minlength=k).clamp(min=1).unsqueeze(1).float()
+        init = torch.nn.functional.normalize(sums, dim=1) if spherical else sums / counts
     # distributed=False: under DDP this runs on the main process only (the others load the file)
     res = kmeans(
         emb, k, n_iter=n_iter, tol=tol, seed=seed, spherical=spherical, init=init, device=device,

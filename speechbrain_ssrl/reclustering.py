@@ -9,7 +9,9 @@ baseline gets its gain that way, by re-clustering between rounds. Here the re-cl
 run, at the end of the listed epochs, without restarting the model:
 
 1. the EMA teacher (a copy, BN re-estimated on clean crops) embeds every training utterance, as the initial
-   clustering does, and k-means splits them into as many clusters as are active;
+   clustering does, and k-means splits them into as many clusters as are active (``recluster_init:
+   k-means++``), or starts from the current labels' mean embeddings (``labels``: Lloyd to convergence from the
+   labels, so it keeps what they know where the embeddings agree; ``bench/relabel_probe.py``'s ``lloyd_30``);
 2. each new cluster takes the id of the active cluster it shares the most utterances with (a one-to-one
    matching, :func:`map_onto`), so ids, queues and pruning keep their meaning;
 3. labels and queues restart from the new labels (as from y0), the clean probabilities from 1, and both
@@ -28,7 +30,11 @@ import torch.nn.functional as F
 
 from speechbrain_ssrl.metrics import contingency, hungarian_pairs
 
-__all__ = ["map_onto", "mean_cosine", "recluster_epochs"]
+__all__ = ["RECLUSTER_INITS", "map_onto", "mean_cosine", "recluster_epochs"]
+
+#: how a re-clustering's k-means starts (yaml ``recluster_init``): ``k-means++`` (fresh, as the initial clustering
+#: and the iterative baseline) or ``labels`` (from the current labels' mean embeddings, run to convergence)
+RECLUSTER_INITS = ("k-means++", "labels")
 
 
 def recluster_epochs(value: Optional[Iterable[int]], number_of_epochs: int, key: str = "recluster_epochs") -> List[int]:

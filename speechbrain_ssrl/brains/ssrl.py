@@ -61,7 +61,7 @@ from speechbrain_ssrl.label_diagnostics import (
 from speechbrain_ssrl.losses import weighted_mean
 from speechbrain_ssrl.online_clustering import RelabelConfig, relabel, row_chunks, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
-from speechbrain_ssrl.reclustering import map_onto, mean_cosine, recluster_epochs
+from speechbrain_ssrl.reclustering import RECLUSTER_INITS, map_onto, mean_cosine, recluster_epochs
 from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,8 @@ class SSRLBrain(SSLBrainBase):
             knn_self_weight=float(getattr(h, "relabel_knn_self_weight", 3.5)),
         )
         self.recluster_at = recluster_epochs(getattr(h, "recluster_epochs", None), int(h.number_of_epochs))
+        if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
+            raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
         if h.teacher_bn not in ("eval", "train", "recal"):
             raise ValueError(f"teacher_bn: {h.teacher_bn!r} is not one of eval, train, recal (see the yaml's comment)")
         L, e_fix = int(h.queue_length), int(h.fixed_label_epochs)
@@ -394,14 +396,17 @@ class SSRLBrain(SSLBrainBase):
         t0 = time.time()
         tc = h.teacher_classifier
         targets = torch.nonzero(tc.active.detach().cpu()).flatten()
+        from_labels = str(getattr(h, "recluster_init", "k-means++")) == "labels"
         data = initial_clustering(
             embed_fn=self.embed_fn(self.scoring_model(self.teacher)),
             train_csv=h.train_annotation,
             out_dir=os.path.join(h.output_folder, "reclustering", f"epoch_{epoch}"),
-            k=int(targets.numel()),
+            # from the labels: their clusters (all active after pruning) start k-means; else as many as are active
+            k=int(torch.unique(self.state.labels).numel()) if from_labels else int(targets.numel()),
             max_seconds=getattr(h, "cluster_max_seconds", None),
             n_iter=int(getattr(h, "kmeans_iterations", 100)),
-            init=str(getattr(h, "kmeans_init", "k-means++")),
+            init="labels" if from_labels else str(getattr(h, "kmeans_init", "k-means++")),
+            init_labels=self.state.labels if from_labels else None,
             seed=int(h.seed) + int(epoch),
             device=str(self.device),
             sample_rate=int(getattr(h, "sample_rate", 16000)),

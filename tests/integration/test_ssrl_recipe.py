@@ -118,3 +118,9 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
     assert "Going into epoch 1" not in proc.stdout + proc.stderr and "re-clustered" not in proc.stdout + proc.stderr
     assert [r.get("reclustered", "") for r in history(out)] == ["", "", "1", "", ""]
+    # recluster_init: labels: k-means starts from the current labels' clusters
+    out2 = str(tmp_path / "ssrl_rc_labels")
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *[a.replace(out, out2) for a in args],
+               "--recluster_init=labels", "--number_of_epochs=3")
+    saved = torch.load(os.path.join(out2, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
+    assert saved["config"]["init"] == "labels" and history(out2)[2]["reclustered"] == "1"

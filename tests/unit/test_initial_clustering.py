@@ -138,3 +138,23 @@ def test_bad_input(tmp_path, corpus):
     (tmp_path / "y" / "initial_clustering.pt").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="delete"):
         initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "y"), 2, progress=False)
+
+
+def test_starts_from_given_labels_and_keeps_embeddings(tmp_path, corpus):
+    """init_labels: k-means starts from those clusters' mean embeddings (cluster c = the c-th smallest label), so
+    labels that already follow the embeddings come back unchanged; keep_embeddings returns what was clustered."""
+    rows, csv_path = corpus
+    truth = torch.tensor([list(FREQS).index(r["spk_id"]) for r in rows])
+    given = truth * 5 + 7  # any ids: 7, 12, 17
+    res = initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "a"), 3, progress=False, batch_seconds=3.0,
+                             init_labels=given, keep_embeddings=True)
+    assert torch.equal(res["labels"], truth) and res["config"]["init"] == "labels"
+    assert res["embeddings"].shape == (12, 12)
+    assert "embeddings" not in torch.load(res["path"], weights_only=True)  # not saved
+    again = initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "a"), 3, progress=False, init="labels",
+                               init_labels=given, keep_embeddings=True)
+    assert torch.equal(again["labels"], truth) and "embeddings" not in again  # reused: nothing was embedded
+    with pytest.raises(ValueError, match="exactly k = 2"):
+        initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "b"), 2, progress=False, init_labels=given)
+    with pytest.raises(ValueError, match="needs init_labels"):
+        initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "c"), 3, progress=False, init="labels")
