@@ -139,3 +139,15 @@ def test_finished_run_stamps_match_in_another_clone():
     assert rx.portable(a) == rx.portable(b) == ["train.py", "hparams/minivox/ssrl_ecapa.yaml", "--K0=200",
                                                  "--output_folder=/data/out/ssrl"]
     assert rx.portable(a) != rx.portable(a[:2] + ["--K0=100"] + a[3:])  # any other change still counts
+
+
+def test_reclustered_columns_use_the_starts_k():
+    """The re-clustered columns use the bench's K0 whichever systems run (a variant-only bench used the yaml's)."""
+    sys.path.insert(0, RECIPE)
+    try:
+        import run_experiments as rx
+    finally:
+        sys.path.remove(RECIPE)
+    assert rx.recluster_k({}, "200") == 200  # k-means start: the yaml's K0
+    assert rx.recluster_k({"gmm": ("start.pt", 116), "iterative": ("start.pt", 116)}, 200) == 116
+    assert rx.recluster_k({"supervised": ("sup.pt", 116)}, 200) == 200

@@ -316,6 +316,13 @@ def evaluate(model_folder: str, out_dir: str, trials: List[str], data_folder: st
     return res
 
 
+def recluster_k(starts: Dict[str, tuple], yaml_k0) -> int:
+    """k of the "re-clustered" columns: the diagnostic start's K0 when the systems start from it (the bench's
+    K0 = the speakers, whichever systems run; not the supervised ceiling's), else the yaml's K0."""
+    shared = [k for name, (_, k) in starts.items() if name != "supervised"]
+    return int(shared[0]) if shared else int(float(yaml_k0))
+
+
 def recluster(model_folder: str, out_dir: str, train_csv: str, k: int, max_seconds: Optional[float], device: str,
               log: str) -> Dict:
     """Pseudo-label report (NMI, purity, ...) of a fresh k-means (``k`` clusters, seed 0) of the training
@@ -864,7 +871,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
     # 4b. what labels each final model's embeddings would give: a fresh k-means with SSRL's K0
     do_recluster = a.recluster == "on" or (a.recluster == "auto" and a.config == "minivox")
     do_recluster = do_recluster and any(r.get("spk_id") for r in train_rows)
-    k_re = int(starts["ssrl"][1]) if "ssrl" in starts else int(float(yaml_value(plan.yaml["ssrl"], "K0", plan.ov["ssrl"])))
+    k_re = recluster_k(starts, yaml_value(plan.yaml["ssrl"], "K0", plan.ov["ssrl"]))
     reclustered = {n: recluster(f, os.path.join(eval_dir, n, "recluster"), train_csv, k_re, cap, device, log)
                    for n, f in models.items()} if do_recluster else {}
     list_names = list(next(iter(tests.values())).keys())
