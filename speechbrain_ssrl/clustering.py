@@ -61,7 +61,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["kmeans", "kmeans_fit", "assign", "KMeansResult", "AssignmentBounds", "margin_factor", "kmeans_plusplus"]
+__all__ = ["kmeans", "kmeans_fit", "assign", "KMeansResult", "AssignmentBounds", "margin_factor", "kmeans_plusplus",
+           "label_centroids"]
 
 _PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 #: low-precision input dtypes (the products accumulate in fp32)
@@ -1268,6 +1269,16 @@ def kmeans(
 def kmeans_fit(x, k: int, **kwargs) -> KMeansResult:
     """Alias of :func:`kmeans` (the result carries ``inertia``, ``n_iter``, ``converged``, ``history``)."""
     return kmeans(x, k, **kwargs)
+
+
+def label_centroids(x: torch.Tensor, labels: torch.Tensor, k: int, spherical: bool = True) -> torch.Tensor:
+    """The centroids (k, D) of a labelling with ids 0..k-1, as a Lloyd update computes them (spherical: the
+    normalised sum of the normalised rows): ``kmeans(init=...)`` from labels, or a partition's objective.
+    Clusters without a member are NaN."""
+    xf = _prepare(x, None, spherical)
+    labels = torch.as_tensor(labels).to(xf.device, torch.long)
+    sums, counts = _cluster_sums(xf, labels, k)
+    return _new_centroids(torch.zeros(k, xf.shape[1], device=xf.device), sums, counts, spherical)[0]
 
 
 def _new_centroids(C, sums, counts, spherical):

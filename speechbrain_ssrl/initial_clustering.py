@@ -35,7 +35,7 @@ import torch
 
 from speechbrain.utils.distributed import ddp_broadcast
 
-from speechbrain_ssrl.clustering import kmeans
+from speechbrain_ssrl.clustering import kmeans, label_centroids
 from speechbrain_ssrl.distributed import collective_ok
 
 logger = logging.getLogger(__name__)
@@ -215,18 +215,17 @@ def initial_clustering(
     t_embed = time.perf_counter() - t0
     logger.info("initial clustering: %d embeddings of dimension %d in %.1f s", emb.shape[0], emb.shape[1], t_embed)
     if not shard:
-        data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
+        return _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
                                  spherical=spherical, init=init, device=device, precision=precision,
-                                 chunk_size=chunk_size, progress=progress, init_labels=init_labels)
-        if keep_embeddings:
-            data["embeddings"] = emb
-        return data
+                                 chunk_size=chunk_size, progress=progress, init_labels=init_labels,
+                                 keep_embeddings=keep_embeddings)
     failure, data = None, None
     if torch.distributed.get_rank() == 0:  # (not SpeechBrain's if_main_process: it reads RANK from the environment)
         try:
             data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol,
                                      seed=seed, spherical=spherical, init=init, device=device, precision=precision,
-                                     chunk_size=chunk_size, progress=progress, init_labels=init_labels)
+                                     chunk_size=chunk_size, progress=progress, init_labels=init_labels,
+                                     keep_embeddings=keep_embeddings)  # the main process: emb holds every rank's share
         except Exception as e:  # noqa: BLE001 - the other ranks are told, then it is raised here
             failure = e
     message = ddp_broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
@@ -234,8 +233,6 @@ def initial_clustering(
         raise failure
     if message is not None:
         raise RuntimeError(f"initial clustering failed on the main process: {message}")
-    if data is not None and keep_embeddings:  # the main process (its emb holds every rank's share)
-        data["embeddings"] = emb
     if data is None:  # the other ranks: the main process's saved result
         data = load_initial_clustering(path, expected_ids=ids, expected_k=k)
         data["path"] = path
@@ -243,16 +240,12 @@ def initial_clustering(
 
 
 def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_iter, tol, seed, spherical, init, device,
-                      precision, chunk_size, progress, init_labels=None) -> Dict[str, Any]:
-    """k-means of ``emb``, the diagnostic report, and the atomic save (one process)."""
+                      precision, chunk_size, progress, init_labels=None, keep_embeddings=False) -> Dict[str, Any]:
+    """k-means of ``emb``, the diagnostic report, and the atomic save (one process); ``keep_embeddings``: the
+    returned dict also holds ``emb`` (not saved)."""
     t0 = time.perf_counter()
-    if init_labels is not None:  # the labels' clusters: normalised mean embeddings, in ascending label order
-        _, dense = torch.unique(init_labels, return_inverse=True)
-        x = emb.float().cpu()
-        x = torch.nn.functional.normalize(x, dim=1) if spherical else x
-        sums = torch.zeros(k, x.shape[1], dtype=torch.float32).index_add_(0, dense, x)
-        counts = torch.bincount(dense, minlength=k).clamp(min=1).unsqueeze(1).float()
-        init = torch.nn.functional.normalize(sums, dim=1) if spherical else sums / counts
+    if init_labels is not None:  # the labels' clusters, in ascending label order
+        init = label_centroids(emb, torch.unique(init_labels, return_inverse=True)[1], k, spherical)
     # distributed=False: under DDP this runs on the main process only (the others load the file)
     res = kmeans(
         emb, k, n_iter=n_iter, tol=tol, seed=seed, spherical=spherical, init=init, device=device,
@@ -290,6 +283,8 @@ def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_ite
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written file to be reused
     logger.info("initial clustering saved to %s", path)
     data["path"] = path
+    if keep_embeddings:
+        data["embeddings"] = emb
     return data
 
 

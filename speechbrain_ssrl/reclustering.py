@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from speechbrain_ssrl.clustering import label_centroids
 from speechbrain_ssrl.metrics import contingency, hungarian_pairs
 
 __all__ = ["RECLUSTER_INITS", "map_onto", "mean_cosine", "recluster_epochs"]
@@ -75,15 +76,10 @@ def map_onto(new_labels: torch.Tensor, old_labels: torch.Tensor, target_ids: tor
         raise ValueError(f"{k} new clusters but only {targets.numel()} target ids")
     mapping = torch.full((k,), -1, dtype=torch.long)
     if new.numel():
-        table = contingency(new.numpy(), old.numpy())
-        new_vals, old_vals = np.unique(new.numpy()), np.unique(old.numpy())
-        r, c = hungarian_pairs(table)
-        is_target = torch.zeros(int(max(int(targets.max()), int(old.max()))) + 1, dtype=torch.bool)
-        is_target[targets] = True
-        for ri, ci in zip(r.tolist(), c.tolist()):
-            o = int(old_vals[ci])
-            if is_target[o]:
-                mapping[int(new_vals[ri])] = o
+        r, c = hungarian_pairs(contingency(new.numpy(), old.numpy()))  # positions in the sorted distinct labels
+        pair_new, pair_old = new.unique()[r], old.unique()[c]
+        keep = torch.isin(pair_old, targets)
+        mapping[pair_new[keep]] = pair_old[keep]
     used = torch.isin(targets, mapping[mapping >= 0])
     free = targets[~used].sort().values
     todo = torch.nonzero(mapping < 0).flatten()
@@ -99,5 +95,5 @@ def mean_cosine(emb: torch.Tensor, labels: torch.Tensor) -> float:
     lab = torch.as_tensor(labels).to(x.device, torch.long)
     if lab.numel() != x.shape[0]:
         raise ValueError(f"{lab.numel()} labels for {x.shape[0]} embeddings")
-    sums = torch.zeros(int(lab.max()) + 1, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, lab, x)
-    return float((x * F.normalize(sums, dim=1)[lab]).sum(dim=1).mean())
+    centroids = label_centroids(x, lab, int(lab.max()) + 1)  # ids without members: NaN rows, never indexed
+    return float((x * centroids[lab]).sum(dim=1).mean())
