@@ -34,6 +34,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from speechbrain_ssrl.clustering import label_centroids
 from speechbrain_ssrl.losses import margin_logits
 
 __all__ = [
@@ -111,16 +112,12 @@ def _masked_cos(emb: torch.Tensor, protos: torch.Tensor, active: torch.Tensor) -
 
 
 def cluster_means(emb: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Normalised mean of the (normalised) embeddings of every cluster's members; clusters with no
-    member keep their row of ``prototypes`` (K, D)."""
-    x = F.normalize(emb.float(), dim=1)
-    K = prototypes.shape[0]
-    sums = torch.zeros(K, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, labels.to(x.device), x)
-    counts = torch.bincount(labels.to(x.device), minlength=K)
-    out = F.normalize(prototypes.float().to(x.device), dim=1).clone()
-    has = counts > 0
-    out[has] = F.normalize(sums[has], dim=1)
-    return out
+    """Normalised mean of the (normalised) embeddings of every cluster's members (``clustering.label_centroids``,
+    the Lloyd update's own centroids); clusters with no member keep their row of ``prototypes`` (K, D)."""
+    x = emb.float()
+    means = label_centroids(x, labels.to(x.device), prototypes.shape[0])
+    out = F.normalize(prototypes.float().to(x.device), dim=1)
+    return torch.where(torch.isnan(means).any(dim=1, keepdim=True), out, means)
 
 
 def nearest_assign(emb: torch.Tensor, protos: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
