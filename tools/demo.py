@@ -4,8 +4,9 @@
 Every step is a command a user could type (shown in the log); each is skipped when its output is
 complete and resumes from its checkpoint when interrupted, so re-running the demo continues where it
 stopped. Prints and writes a results table (``<out>/results.md``, ``<out>/results.json``) with EER ±
-leave-one-test-speaker-out standard error, minDCF, the pseudo-label quality (NMI, clusters) and wall
-times. Uses the GPU when one is present.
+leave-one-test-speaker-out standard error, minDCF, the pseudo-label quality (NMI, purity, clusters, the most
+true speakers in one cluster) and wall times (``<out>/timings.json``: each step's time as it ran, kept when a
+later invocation skips it). Uses the GPU when one is present.
 """
 
 from __future__ import annotations
@@ -51,6 +52,29 @@ def history(folder):
         return list(csv.DictReader(f))
 
 
+def load_timings(out):
+    """The step times recorded by earlier invocations of this demo in ``out`` (``timings.json``; a demo run before
+    that file existed left them in ``results.json``), so a resumed demo reports what each step cost when it ran."""
+    path = os.path.join(out, "timings.json")
+    if os.path.exists(path):
+        return load_json(path)
+    old = os.path.join(out, "results.json")
+    return dict(load_json(old).get("timings_seconds") or {}) if os.path.exists(old) else {}
+
+
+def save_timings(out, timings):
+    tmp = os.path.join(out, "timings.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(timings, f, indent=2)
+    os.replace(tmp, os.path.join(out, "timings.json"))
+
+
+def last(rows, key):
+    """The last non-empty value of ``key`` in a history."""
+    vals = [r.get(key) for r in rows if r.get(key) not in (None, "")]
+    return vals[-1] if vals else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/minivox_demo")
@@ -77,16 +101,24 @@ def main():
     py = sys.executable
     env_threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(min(2, os.cpu_count() or 1)))}
     os.environ.update(env_threads)
-    timings = {}
+    timings = load_timings(out)  # step -> seconds, kept across invocations (a skipped step keeps its time)
     t_start = time.time()
 
-    # 1. corpus
-    timings["minivox_build"] = sh([py, "-m", "speechbrain_ssrl.data.minivox", "--size", a.size, "--out", data, "--seed", str(a.seed)], log=log)
+    def step(name, seconds):
+        timings[name] = seconds
+        save_timings(out, timings)
+
+    # 1. corpus (the builder leaves a complete build untouched: only a build that ran is timed)
+    info = os.path.join(data, "build_info.json")
+    built = os.path.exists(info) and bool(load_json(info).get("complete"))
+    t = sh([py, "-m", "speechbrain_ssrl.data.minivox", "--size", a.size, "--out", data, "--seed", str(a.seed)], log=log)
+    if not built:
+        step("minivox_build", t)
     # 2. MFCC yardstick
     mfcc_json = os.path.join(out, "mfcc", "results.json")
     if not os.path.exists(mfcc_json):
-        timings["mfcc"] = sh([py, "-m", "speechbrain_ssrl.baselines", "--data_folder", data, "--out", mfcc_json,
-                              "--scores", os.path.join(out, "mfcc", "scores_veri_test2.txt")], log=log)
+        step("mfcc", sh([py, "-m", "speechbrain_ssrl.baselines", "--data_folder", data, "--out", mfcc_json,
+                         "--scores", os.path.join(out, "mfcc", "scores_veri_test2.txt")], log=log))
     common = [f"--data_folder={data}", f"--device={device}", f"--precision={precision}",
               f"--validate_every={a.validate_every}"] + list(a.extra)
     runs = {
@@ -99,34 +131,44 @@ def main():
     for name, args in runs.items():
         folder = os.path.join(out, name)
         if not os.path.exists(os.path.join(folder, "pretrained", "embedding_model.ckpt")):
-            timings[f"train_{name}"] = sh([py, "train.py", args[0], f"--output_folder={folder}", *common, *args[1:]], cwd=RECIPE, log=log)
+            step(f"train_{name}", sh([py, "train.py", args[0], f"--output_folder={folder}", *common, *args[1:]], cwd=RECIPE, log=log))
         res_json = os.path.join(folder, "results.json")
         if not os.path.exists(res_json):
-            timings[f"eval_{name}"] = sh([py, "evaluate.py", "hparams/verification.yaml", f"--model={folder}/pretrained",
-                                          f"--data_folder={data}", f"--trials={data}/veri_test2.txt", f"--output_folder={folder}",
-                                          f"--device={device}"], cwd=RECIPE, log=log)
+            step(f"eval_{name}", sh([py, "evaluate.py", "hparams/verification.yaml", f"--model={folder}/pretrained",
+                                     f"--data_folder={data}", f"--trials={data}/veri_test2.txt", f"--output_folder={folder}",
+                                     f"--device={device}"], cwd=RECIPE, log=log))
         results[name] = next(iter(load_json(res_json).values()))
     results["mfcc"] = next(iter(load_json(mfcc_json).values()))
 
-    # table
-    h_ssrl = history(os.path.join(out, "ssrl"))
-    meta = load_json(os.path.join(data, "build_info.json")).get("stats", {})
-    lines = ["| system | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | clusters | train wall (min) |",
-             "|---|---|---|---|---|---|---|"]
-    labels = {"mfcc": "MFCC mean+std, cosine", "random_init": "ECAPA, random init (BN re-estimated)",
-              "dino": "DINO teacher (stage 1)", "ssrl": "SSRL teacher (stage 2)"}
-    wall = {k: timings.get(f"train_{k}") for k in runs}
-    for name in ("mfcc", "random_init", "dino", "ssrl"):
-        r = results[name]
-        nmi = clusters = "-"
-        if name == "ssrl" and h_ssrl:
-            nmi = f"{float(h_ssrl[0].get('nmi') or 'nan'):.3f} → {float(h_ssrl[-1].get('nmi') or 'nan'):.3f}"
-            clusters = f"{h_ssrl[0].get('n_clusters')} → {h_ssrl[-1].get('n_clusters')}"
-        w = f"{wall[name] / 60:.1f}" if wall.get(name) else ("-" if name == "mfcc" else "(cached)")
-        lines.append(f"| {labels[name]} | {r['eer']:.2f} ± {r.get('eer_se', float('nan')):.2f} | {r['min_dcf_0.01']:.3f} | "
-                     f"{r['min_dcf_0.05']:.3f} | {nmi} | {clusters} | {w} |")
+    write_results(out, data, results, timings, device, precision, time.time() - t_start)
+
+
+LABELS = {"mfcc": "MFCC mean+std, cosine", "random_init": "ECAPA, random init (BN re-estimated)",
+          "dino": "DINO teacher (stage 1)", "ssrl": "SSRL teacher (stage 2)"}
+
+
+def write_results(out, data, results, timings, device, precision, invocation_seconds):
+    """``<out>/results.md`` and ``results.json``: the table (EER ± SE, minDCF, SSRL's labels start → end and the
+    most true speakers in one home, training wall minutes as each step ran), the paired EER differences and the
+    step times; ``results``: system → its evaluation's result dict."""
     from speechbrain_ssrl.scoring import paired_eer_difference
 
+    h_ssrl = history(os.path.join(out, "ssrl"))
+    meta = load_json(os.path.join(data, "build_info.json")).get("stats", {})
+    lines = ["| system | EER % (± SE) | minDCF 0.01 | minDCF 0.05 | NMI | purity | clusters | max speakers / home | "
+             "train wall (min) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in ("mfcc", "random_init", "dino", "ssrl"):
+        r = results[name]
+        nmi = purity = clusters = homes = "-"
+        if name == "ssrl" and h_ssrl:
+            moved = lambda k, f: f"{f(h_ssrl[0].get(k))} → {f(h_ssrl[-1].get(k))}"  # noqa: E731
+            num = lambda v: f"{float(v or 'nan'):.3f}"  # noqa: E731
+            nmi, purity, clusters = moved("nmi", num), moved("purity", num), moved("n_clusters", str)
+            homes = last(h_ssrl, "max_speakers_per_home") or "-"
+        w = timings.get(f"train_{name}")
+        w = f"{w / 60:.1f}" if w else ("-" if name == "mfcc" else "(not timed)")
+        lines.append(f"| {LABELS[name]} | {r['eer']:.2f} ± {r.get('eer_se', float('nan')):.2f} | {r['min_dcf_0.01']:.3f} | "
+                     f"{r['min_dcf_0.05']:.3f} | {nmi} | {purity} | {clusters} | {homes} | {w} |")
     diffs = {}
     s = lambda n: os.path.join(out, n, "scores_veri_test2.txt")  # noqa: E731
     for x, y in (("ssrl", "dino"), ("ssrl", "mfcc"), ("dino", "mfcc"), ("dino", "random_init")):
@@ -136,12 +178,13 @@ def main():
     lines.append("Paired EER differences (points, leave-one-test-speaker-out SE; 'holds' = |diff| > 2 SE):")
     for k, (v, se) in diffs.items():
         lines.append(f"- {k}: {v:+.2f} ± {se:.2f} ({'holds' if abs(v) > 2 * se else 'within 2 SE'})")
-    true_spk = meta.get("train_speakers")
     if h_ssrl:
         lines.append(f"- SSRL clusters: K0 = {h_ssrl[0].get('n_clusters')} at the start, {h_ssrl[-1].get('n_clusters')} at the end; "
-                     f"true training speakers: {true_spk}")
-    total = time.time() - t_start
-    lines.append(f"- device {device}, precision {precision}; demo wall time this invocation {total / 60:.1f} min")
+                     f"true training speakers: {meta.get('train_speakers')}")
+    steps = ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items())
+    lines.append(f"- device {device}, precision {precision}; demo steps {sum(timings.values()) / 60:.1f} min in all, "
+                 f"each as it ran ({steps}){'' if 'minivox_build' in timings else '; MiniVox build not timed (it was there)'}; "
+                 f"this invocation {invocation_seconds / 60:.1f} min")
     table = "\n".join(lines)
     print("\n" + table)
     with open(os.path.join(out, "results.md"), "w") as f:
@@ -149,7 +192,7 @@ def main():
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"results": results, "paired_differences": {k: {"diff": v, "se": se} for k, (v, se) in diffs.items()},
                    "timings_seconds": timings, "device": device, "precision": precision, "corpus": meta}, f, indent=2)
-
+    return table
 
 if __name__ == "__main__":
     main()
