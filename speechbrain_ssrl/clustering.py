@@ -62,7 +62,7 @@ import torch
 log = logging.getLogger(__name__)
 
 __all__ = ["kmeans", "kmeans_fit", "assign", "KMeansResult", "AssignmentBounds", "margin_factor", "kmeans_plusplus",
-           "label_centroids"]
+           "label_centroids", "mean_cosine"]
 
 _PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 #: low-precision input dtypes (the products accumulate in fp32)
@@ -1279,6 +1279,18 @@ def label_centroids(x: torch.Tensor, labels: torch.Tensor, k: int, spherical: bo
     labels = torch.as_tensor(labels).to(xf.device, torch.long)
     sums, counts = _cluster_sums(xf, labels, k)
     return _new_centroids(torch.zeros(k, xf.shape[1], device=xf.device), sums, counts, spherical)[0]
+
+
+def mean_cosine(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """The spherical k-means objective of a partition: the mean cosine of each (normalised) row to its
+    cluster's normalised mean (ids need not be 0..k-1). A label-free comparison of two partitions of the same
+    embeddings: a k-means result against the labels it would replace (``reclustering.py``)."""
+    xf = torch.nn.functional.normalize(torch.as_tensor(x).float(), dim=1)
+    lab = torch.as_tensor(labels).to(xf.device, torch.long)
+    if lab.numel() != xf.shape[0]:
+        raise ValueError(f"{lab.numel()} labels for {xf.shape[0]} embeddings")
+    centroids = label_centroids(xf, lab, int(lab.max()) + 1)  # ids without members: NaN rows, never indexed
+    return float((xf * centroids[lab]).sum(dim=1).mean())
 
 
 def _new_centroids(C, sums, counts, spherical):

@@ -35,7 +35,7 @@ import torch
 
 from speechbrain.utils.distributed import ddp_broadcast
 
-from speechbrain_ssrl.clustering import kmeans, label_centroids
+from speechbrain_ssrl.clustering import kmeans, label_centroids, mean_cosine
 from speechbrain_ssrl.distributed import collective_ok
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,8 @@ def initial_clustering(
     sample_rate: int = 16000,
     num_workers: int = 0,
     distributed: bool = False,
-    keep_embeddings: bool = False,
     init_labels: Optional[torch.Tensor] = None,
+    compare_labels: Optional[torch.Tensor] = None,
 ) -> Dict[str, Any]:
     """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
 
@@ -160,11 +160,12 @@ def initial_clustering(
         num_workers: DataLoader worker processes that read the audio (0: the calling process reads it).
         distributed: under DDP, call it on every rank: the embedding is sharded over the ranks, k-means runs
             on the main process, every rank returns the saved result (see the module docstring).
-        keep_embeddings: the returned dict also holds the ``embeddings`` (N, D) it clustered (not saved; only
-            where they were computed: not when a saved result is reused, not on the other DDP ranks).
         init_labels: (N,) labels in CSV order whose ``k`` clusters start k-means (their normalised mean
             embeddings, in ascending label order) instead of ``init``: a re-clustering that starts from the
             current labels (``reclustering.py``); saved as ``init: labels``.
+        compare_labels: (N,) labels in CSV order (any ids) that the result may replace: the k-means objective
+            (``clustering.mean_cosine``) of the result (``objective``) and of these labels (``compare_objective``)
+            on the same embeddings are saved with it, so a reused result still has both (``reclustering.accepts``).
     Returns:
         dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
         saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
@@ -203,6 +204,10 @@ def initial_clustering(
         if init_labels.numel() != len(ids) or torch.unique(init_labels).numel() != k:
             raise ValueError(f"init_labels must give each of the {len(ids)} utterances one of exactly k = {k} labels")
         init = "labels"
+    if compare_labels is not None:
+        compare_labels = torch.as_tensor(compare_labels).to("cpu", torch.long)
+        if compare_labels.numel() != len(ids):
+            raise ValueError(f"compare_labels must give each of the {len(ids)} utterances a label, got {compare_labels.numel()}")
     config = dict(
         train_csv=os.path.abspath(train_csv), k=k, max_seconds=max_seconds, n_iter=n_iter, tol=tol, seed=seed,
         spherical=spherical, init=init, precision=precision, batch_seconds=batch_seconds, max_batch=max_batch,
@@ -218,14 +223,14 @@ def initial_clustering(
         return _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
                                  spherical=spherical, init=init, device=device, precision=precision,
                                  chunk_size=chunk_size, progress=progress, init_labels=init_labels,
-                                 keep_embeddings=keep_embeddings)
+                                 compare_labels=compare_labels)
     failure, data = None, None
     if torch.distributed.get_rank() == 0:  # (not SpeechBrain's if_main_process: it reads RANK from the environment)
         try:
             data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol,
                                      seed=seed, spherical=spherical, init=init, device=device, precision=precision,
                                      chunk_size=chunk_size, progress=progress, init_labels=init_labels,
-                                     keep_embeddings=keep_embeddings)  # the main process: emb holds every rank's share
+                                     compare_labels=compare_labels)  # the main process: emb holds every rank's share
         except Exception as e:  # noqa: BLE001 - the other ranks are told, then it is raised here
             failure = e
     message = ddp_broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
@@ -240,9 +245,10 @@ def initial_clustering(
 
 
 def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_iter, tol, seed, spherical, init, device,
-                      precision, chunk_size, progress, init_labels=None, keep_embeddings=False) -> Dict[str, Any]:
-    """k-means of ``emb``, the diagnostic report, and the atomic save (one process); ``keep_embeddings``: the
-    returned dict also holds ``emb`` (not saved)."""
+                      precision, chunk_size, progress, init_labels=None,
+                      compare_labels=None) -> Dict[str, Any]:
+    """k-means of ``emb``, the diagnostic report, and the atomic save (one process); ``compare_labels``: both
+    partitions' k-means objectives saved."""
     t0 = time.perf_counter()
     if init_labels is not None:  # the labels' clusters, in ascending label order
         init = label_centroids(emb, torch.unique(init_labels, return_inverse=True)[1], k, spherical)
@@ -277,14 +283,15 @@ def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_ite
         n_iter=int(res.n_iter), converged=bool(res.converged), seconds_embed=float(t_embed),
         seconds_kmeans=float(t_kmeans), report=report, version=_VERSION,
     )
+    if compare_labels is not None:  # plain floats: checkpoint-safe
+        data["objective"] = mean_cosine(emb, labels)
+        data["compare_objective"] = mean_cosine(emb, compare_labels)
     os.makedirs(out_dir, exist_ok=True)
     tmp = path + f".tmp{os.getpid()}"
     torch.save(data, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written file to be reused
     logger.info("initial clustering saved to %s", path)
     data["path"] = path
-    if keep_embeddings:
-        data["embeddings"] = emb
     return data
 
 

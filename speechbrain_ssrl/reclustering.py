@@ -18,6 +18,9 @@ run, at the end of the listed epochs, without restarting the model:
    classifiers' rows of the matched ids turn to the new centroids.
 
 Between two re-clusterings the queue keeps the new labels for its seeded epochs and the online loop goes on.
+
+A gate (``recluster_max_gain``, :func:`accepts`) can keep the labels instead: the k-means objective of the new
+partition and of the labels it would replace (on the same embeddings, saved with the re-clustering) decide.
 """
 
 from __future__ import annotations
@@ -26,12 +29,11 @@ from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from speechbrain_ssrl.clustering import label_centroids
+from speechbrain_ssrl.clustering import mean_cosine
 from speechbrain_ssrl.metrics import contingency, hungarian_pairs
 
-__all__ = ["RECLUSTER_INITS", "map_onto", "mean_cosine", "recluster_epochs"]
+__all__ = ["RECLUSTER_INITS", "accepts", "map_onto", "mean_cosine", "recluster_epochs", "recluster_max_gain"]
 
 #: how a re-clustering's k-means starts (yaml ``recluster_init``): ``k-means++`` (fresh, as the initial clustering
 #: and the iterative baseline) or ``labels`` (from the current labels' mean embeddings, run to convergence)
@@ -87,13 +89,27 @@ def map_onto(new_labels: torch.Tensor, old_labels: torch.Tensor, target_ids: tor
     return mapping[new], mapping
 
 
-def mean_cosine(emb: torch.Tensor, labels: torch.Tensor) -> float:
-    """The spherical k-means objective of a partition: the mean cosine of each (normalised) row to its
-    cluster's normalised mean. Logged for the re-clustering and for the labels it replaces (a label-free
-    comparison of the two on the same embeddings)."""
-    x = F.normalize(torch.as_tensor(emb).float(), dim=1)
-    lab = torch.as_tensor(labels).to(x.device, torch.long)
-    if lab.numel() != x.shape[0]:
-        raise ValueError(f"{lab.numel()} labels for {x.shape[0]} embeddings")
-    centroids = label_centroids(x, lab, int(lab.max()) + 1)  # ids without members: NaN rows, never indexed
-    return float((x * centroids[lab]).sum(dim=1).mean())
+def recluster_max_gain(value, key: str = "recluster_max_gain") -> Optional[float]:
+    """The yaml's gate, checked: ``None`` (every re-clustering replaces the labels) or a number > 0."""
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not v > 0 or v != v or v == float("inf"):
+        raise ValueError(f"{key}: {value!r} is not a number > 0; write e.g. {key}: 0.02 (or null for no gate)")
+    return v
+
+
+def accepts(objective: float, labels_objective: float, max_gain: Optional[float]) -> bool:
+    """Whether a re-clustering replaces the labels (yaml ``recluster_max_gain``). Without a gate, always. With
+    one, only when the new partition's k-means objective beats the labels' (``clustering.mean_cosine`` on the
+    same embeddings) by more than 0 and at most ``max_gain``: labels that are a worse k-means solution than the
+    new one, but only a little, are an earlier k-means of the representation (the k-means start), which the
+    re-clustering updates; labels far below it do not follow the embeddings and carry what the embeddings do
+    not (noisy true labels: the online loop corrects them), and labels above it are the better partition."""
+    if max_gain is None:
+        return True
+    gain = float(objective) - float(labels_objective)
+    return 0.0 < gain <= float(max_gain)

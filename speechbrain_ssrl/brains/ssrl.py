@@ -36,7 +36,9 @@ crops before every labelling epoch (and keeps them through it).
 Re-clustering (``recluster_epochs``, neither paper nor release; ``reclustering.py``): at the end of each listed
 epoch the teacher's embeddings of every training utterance are clustered afresh (k-means, as many clusters as
 are active, saved in ``<output_folder>/reclustering/epoch_<e>/``), the new clusters take the ids they share the
-most utterances with, and labels, queues, clean probabilities and both classifiers' rows restart from them.
+most utterances with, and labels, queues, clean probabilities and both classifiers' rows restart from them;
+with ``recluster_max_gain`` only when the new partition's k-means objective beats the labels' by more than 0 and at
+most that much (``reclustering.accepts``), else the labels are kept.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from speechbrain_ssrl.label_diagnostics import (
 from speechbrain_ssrl.losses import weighted_mean
 from speechbrain_ssrl.online_clustering import RelabelConfig, relabel, row_chunks, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
-from speechbrain_ssrl.reclustering import RECLUSTER_INITS, map_onto, mean_cosine, recluster_epochs
+from speechbrain_ssrl.reclustering import RECLUSTER_INITS, accepts, map_onto, recluster_epochs, recluster_max_gain
 from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
 
 logger = logging.getLogger(__name__)
@@ -133,6 +135,7 @@ class SSRLBrain(SSLBrainBase):
             knn_self_weight=float(getattr(h, "relabel_knn_self_weight", 3.5)),
         )
         self.recluster_at = recluster_epochs(getattr(h, "recluster_epochs", None), int(h.number_of_epochs))
+        self.recluster_gate = recluster_max_gain(getattr(h, "recluster_max_gain", None))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
         if h.teacher_bn not in ("eval", "train", "recal"):
@@ -413,15 +416,25 @@ class SSRLBrain(SSLBrainBase):
             num_workers=int(getattr(h, "cluster_num_workers", 0) or 0),
             progress=not self.noprogressbar,
             distributed=True,
-            keep_embeddings=True,
+            compare_labels=self.state.labels,  # both k-means objectives are saved with it (and kept on reuse)
         )
-        emb = data.pop("embeddings", None)
         old = self.state.labels
         labels, mapping = map_onto(data["labels"], old, targets)
-        stats: Dict[str, float] = {"reclustered": 1, "recluster_agreement": float(pseudo_label_report(labels, old)["nmi"])}
-        if emb is not None:  # the k-means objective of the new labels and of those they replace (label-free)
-            stats["recluster_objective"] = mean_cosine(emb, labels)
-            stats["labels_objective"] = mean_cosine(emb, old)
+        stats: Dict[str, float] = {"recluster_agreement": float(pseudo_label_report(labels, old)["nmi"])}
+        if "objective" in data:  # the k-means objective of the new labels and of those they replace (label-free)
+            stats["recluster_objective"] = float(data["objective"])
+            stats["labels_objective"] = float(data["compare_objective"])
+        elif self.recluster_gate is not None:
+            raise ValueError(f"{data['path']} was saved without the k-means objectives that recluster_max_gain needs "
+                             "(an older version): delete it to recompute")
+        if not accepts(stats.get("recluster_objective", 0.0), stats.get("labels_objective", 0.0), self.recluster_gate):
+            stats.update(reclustered=0, recluster_rejected=1, recluster_changed=0.0,
+                         recluster_seconds=round(time.time() - t0, 1))
+            logger.info("epoch %d: the re-clustering's k-means objective %.4f against the labels' %.4f is outside "
+                        "(0, recluster_max_gain = %g]: the labels are kept", epoch, stats["recluster_objective"],
+                        stats["labels_objective"], self.recluster_gate)
+            return stats
+        stats["reclustered"] = 1
         stats.update(self.state.restart_from(labels))
         centroids = torch.nn.functional.normalize(data["centroids"].float(), dim=1)
         for clf in (h.classifier, tc):  # each matched row turns to its new centroid, keeping its norm

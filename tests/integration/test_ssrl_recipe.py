@@ -3,6 +3,7 @@
 import math
 import os
 
+import pytest
 import torch
 
 from recipe_utils import TINY_ECAPA, history, run_recipe
@@ -124,3 +125,15 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
                "--recluster_init=labels", "--number_of_epochs=3")
     saved = torch.load(os.path.join(out2, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
     assert saved["config"]["init"] == "labels" and history(out2)[2]["reclustered"] == "1"
+    # recluster_max_gain: a gain above 1e-12 keeps the labels (the queues are not restarted: still seeded from y0)
+    out3 = str(tmp_path / "ssrl_rc_gate")
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *[a.replace(out, out3) for a in args],
+               "--recluster_max_gain=1e-12", "--number_of_epochs=3")
+    row = history(out3)[2]
+    assert (row["reclustered"], row["recluster_rejected"], float(row["recluster_changed"])) == ("0", "1", 0.0)
+    saved = torch.load(os.path.join(out3, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
+    assert float(row["recluster_objective"]) == pytest.approx(saved["objective"])
+    assert float(row["labels_objective"]) == pytest.approx(saved["compare_objective"])
+    ckpt = sorted(d for d in os.listdir(os.path.join(out3, "save")) if d.startswith("CKPT+"))[-1]
+    state = torch.load(os.path.join(out3, "save", ckpt, "pseudo_labels.ckpt"), weights_only=True)
+    assert torch.equal(state["queue"]["initial"], state["y0"])

@@ -140,21 +140,38 @@ def test_bad_input(tmp_path, corpus):
         initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "y"), 2, progress=False)
 
 
-def test_starts_from_given_labels_and_keeps_embeddings(tmp_path, corpus):
+def test_starts_from_given_labels(tmp_path, corpus):
     """init_labels: k-means starts from those clusters' mean embeddings (cluster c = the c-th smallest label), so
-    labels that already follow the embeddings come back unchanged; keep_embeddings returns what was clustered."""
+    labels that already follow the embeddings come back unchanged; a reused result is not embedded again."""
     rows, csv_path = corpus
     truth = torch.tensor([list(FREQS).index(r["spk_id"]) for r in rows])
     given = truth * 5 + 7  # any ids: 7, 12, 17
     res = initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "a"), 3, progress=False, batch_seconds=3.0,
-                             init_labels=given, keep_embeddings=True)
+                             init_labels=given)
     assert torch.equal(res["labels"], truth) and res["config"]["init"] == "labels"
-    assert res["embeddings"].shape == (12, 12)
-    assert "embeddings" not in torch.load(res["path"], weights_only=True)  # not saved
-    again = initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "a"), 3, progress=False, init="labels",
-                               init_labels=given, keep_embeddings=True)
-    assert torch.equal(again["labels"], truth) and "embeddings" not in again  # reused: nothing was embedded
+    embed = FakeEmbed()
+    again = initial_clustering(embed, csv_path, str(tmp_path / "a"), 3, progress=False, init="labels", init_labels=given)
+    assert torch.equal(again["labels"], truth) and embed.calls == 0  # reused: nothing was embedded
     with pytest.raises(ValueError, match="exactly k = 2"):
         initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "b"), 2, progress=False, init_labels=given)
     with pytest.raises(ValueError, match="needs init_labels"):
         initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "c"), 3, progress=False, init="labels")
+
+
+def test_compare_labels_saves_both_objectives(tmp_path, corpus):
+    """compare_labels: the k-means objective of the result and of the labels it may replace, saved with it (a
+    reused result has them too); labels that mix the speakers score lower than the k-means of the embeddings."""
+    rows, csv_path = corpus
+    truth = torch.tensor([list(FREQS).index(r["spk_id"]) for r in rows])
+    mixed = torch.arange(len(rows)) % 3  # every cluster mixes the three speakers
+    res = initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "a"), 3, progress=False, compare_labels=mixed + 10)
+    assert len(set(zip(res["labels"].tolist(), truth.tolist()))) == 3  # the fake embeddings separate the speakers
+    assert 0.9 < res["objective"] <= 1.0 + 1e-6 and res["compare_objective"] < res["objective"] - 0.1
+    assert isinstance(res["objective"], float) and isinstance(res["compare_objective"], float)  # checkpoint-safe
+    again = initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "a"), 3, progress=False, compare_labels=mixed)
+    assert (again["objective"], again["compare_objective"]) == (res["objective"], res["compare_objective"])
+    same = initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "b"), 3, progress=False, compare_labels=truth)
+    assert same["compare_objective"] == pytest.approx(same["objective"])
+    assert "objective" not in initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "c"), 3, progress=False)
+    with pytest.raises(ValueError, match="compare_labels"):
+        initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "d"), 3, progress=False, compare_labels=truth[:5])

@@ -5,7 +5,7 @@ import torch
 
 from speechbrain_ssrl.metrics import contingency, hungarian_accuracy, hungarian_pairs
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
-from speechbrain_ssrl.reclustering import map_onto, mean_cosine, recluster_epochs
+from speechbrain_ssrl.reclustering import accepts, map_onto, mean_cosine, recluster_epochs, recluster_max_gain
 
 
 def test_recluster_epochs_checked_and_sorted():
@@ -82,3 +82,17 @@ def test_mean_cosine_prefers_the_partition_that_follows_the_embeddings():
     assert 0.9 < mean_cosine(emb, truth) <= 1.0
     assert mean_cosine(emb, shuffled) < mean_cosine(emb, truth) - 0.3
     assert mean_cosine(emb, truth + 10) == pytest.approx(mean_cosine(emb, truth))  # ids need not be 0..k-1
+
+
+def test_gate_accepts_only_a_small_positive_gain():
+    """recluster_max_gain: the new partition replaces the labels only when its objective is above theirs by at most
+    the gain (an earlier k-means of the representation), not far above (labels with their own information) nor below."""
+    assert accepts(0.90, 0.95, None) and accepts(0.97, 0.70, None)  # no gate: always
+    assert accepts(0.9787, 0.9748, 0.02)  # a k-means start: the labels are nearly a k-means of these embeddings
+    assert not accepts(0.9699, 0.8326, 0.02)  # noisy true labels: far below the new partition
+    assert not accepts(0.9673, 0.9699, 0.02) and not accepts(0.95, 0.95, 0.02)  # the labels are the better partition
+    assert recluster_max_gain(None) is None and recluster_max_gain("null") is None
+    assert recluster_max_gain(0.02) == 0.02 and recluster_max_gain("0.5") == 0.5
+    for bad in (0, -0.1, "x", True, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="recluster_max_gain"):
+            recluster_max_gain(bad)
