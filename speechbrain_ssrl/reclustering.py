@@ -97,7 +97,7 @@ def recluster_max_gain(value, key: str = "recluster_max_gain") -> Optional[float
         v = float(value)
     except (TypeError, ValueError):
         v = float("nan")
-    if isinstance(value, bool) or not v > 0 or v != v or v == float("inf"):
+    if isinstance(value, bool) or not 0 < v < float("inf"):  # NaN fails the comparison too
         raise ValueError(f"{key}: {value!r} is not a number > 0; write e.g. {key}: 0.02 (or null for no gate)")
     return v
 
