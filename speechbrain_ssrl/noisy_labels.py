@@ -262,6 +262,8 @@ class NoisyLabelModel(StateRecoverable):
         )
         self.p: torch.Tensor = torch.ones(int(n), dtype=torch.float32)
         self.n_updates: int = 0
+        #: fits that found a noisy mode (fitted, not degenerate, not gated by ``noisy_floor``)
+        self.noisy_fits: int = 0
         self._last: Dict[str, Any] = {"n_fitted": 0, "mean_p_fitted": float("nan")}
         self._last.update(GMMFit(p=torch.ones(0)).stats())
 
@@ -306,6 +308,7 @@ class NoisyLabelModel(StateRecoverable):
         idx, loss = idx[keep], loss[keep]
         fit = fit_clean_gmm(loss, noisy_floor=self.floor(n_classes), **self.gmm_kwargs)
         self.p[idx] = fit.p.to(torch.float32)
+        self.noisy_fits += int(fit.degenerate is None and not fit.gated)
         self._last = {"n_fitted": int(idx.numel()), "mean_p_fitted": float(fit.p.mean()) if idx.numel() else float("nan")}
         self._last.update(fit.stats())
         return self.stats()
@@ -321,6 +324,7 @@ class NoisyLabelModel(StateRecoverable):
         out: Dict[str, Any] = {
             "enabled": self.enabled,
             "n_updates": self.n_updates,
+            "noisy_fits": self.noisy_fits,
             "mean_p": float(self.p.mean()) if self.n else float("nan"),
             "frac_noisy": float((self.p < 0.5).double().mean()) if self.n else float("nan"),
         }
@@ -352,6 +356,7 @@ class NoisyLabelModel(StateRecoverable):
             "p": self.p.clone(),
             "enabled": self.enabled,
             "n_updates": self.n_updates,
+            "noisy_fits": self.noisy_fits,
             "last": dict(self._last),
         }
 
@@ -364,6 +369,7 @@ class NoisyLabelModel(StateRecoverable):
             )
         self.p = p.to("cpu", torch.float32).clone()
         self.n_updates = int(state["n_updates"])
+        self.noisy_fits = int(state.get("noisy_fits", 0))  # absent in checkpoints of older versions
         self._last = dict(state["last"])
 
 

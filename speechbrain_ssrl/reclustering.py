@@ -21,6 +21,8 @@ Between two re-clusterings the queue keeps the new labels for its seeded epochs 
 
 A gate (``recluster_max_gain``, :func:`accepts`) can keep the labels instead: the k-means objective of the new
 partition and of the labels it would replace (on the same embeddings, saved with the re-clustering) decide.
+A condition (``recluster_if``, :func:`allows`) can skip a re-clustering before anything is embedded:
+``never_noisy`` re-clusters only while the noisy-label model has found no noisy mode in any epoch of the run.
 """
 
 from __future__ import annotations
@@ -33,11 +35,16 @@ import torch
 from speechbrain_ssrl.clustering import mean_cosine
 from speechbrain_ssrl.metrics import contingency, hungarian_pairs
 
-__all__ = ["RECLUSTER_INITS", "accepts", "map_onto", "mean_cosine", "recluster_epochs", "recluster_max_gain"]
+__all__ = ["RECLUSTER_IFS", "RECLUSTER_INITS", "accepts", "allows", "map_onto", "mean_cosine", "recluster_epochs",
+           "recluster_if", "recluster_max_gain"]
 
 #: how a re-clustering's k-means starts (yaml ``recluster_init``): ``k-means++`` (fresh, as the initial clustering
 #: and the iterative baseline) or ``labels`` (from the current labels' mean embeddings, run to convergence)
 RECLUSTER_INITS = ("k-means++", "labels")
+
+#: when a listed re-clustering happens (yaml ``recluster_if``): ``always``, or ``never_noisy``: only while no
+#: labelling epoch so far found a noisy mode (``NoisyLabelModel.noisy_fits == 0``)
+RECLUSTER_IFS = ("always", "never_noisy")
 
 
 def recluster_epochs(value: Optional[Iterable[int]], number_of_epochs: int, key: str = "recluster_epochs") -> List[int]:
@@ -113,3 +120,32 @@ def accepts(objective: float, labels_objective: float, max_gain: Optional[float]
         return True
     gain = float(objective) - float(labels_objective)
     return 0.0 < gain <= float(max_gain)
+
+
+def recluster_if(value, noisy_label_model: bool, noisy_floor, key: str = "recluster_if") -> str:
+    """The yaml's condition, checked. ``never_noisy`` reads the noisy-label model's verdicts, so it needs that
+    model on (``noisy_label_model: true``) and a floor that can say "no noisy mode" (``gmm_noisy_floor`` not
+    ``none``: without one every fitted GMM has a noisy component and the run would never re-cluster)."""
+    v = "always" if value is None else str(value)
+    if v not in RECLUSTER_IFS:
+        raise ValueError(f"{key}: {value!r} is not one of {', '.join(RECLUSTER_IFS)}; fix the yaml key")
+    if v == "never_noisy":
+        if not noisy_label_model:
+            raise ValueError(f"{key}: never_noisy reads the noisy-label model's GMM, but noisy_label_model is false; "
+                             f"set noisy_label_model: true or {key}: always")
+        if noisy_floor is None or (isinstance(noisy_floor, str) and noisy_floor.lower() in ("none", "null")):
+            raise ValueError(f"{key}: never_noisy needs a gmm_noisy_floor (log_k or a number) to tell 'no noisy mode'; "
+                             f"set gmm_noisy_floor: log_k or {key}: always")
+    return v
+
+
+def allows(condition: str, noisy_fits: int) -> bool:
+    """Whether a listed re-clustering happens (yaml ``recluster_if``). ``always``: yes. ``never_noisy``: only if no
+    labelling epoch so far found a noisy mode (``noisy_fits`` = 0). No label has then ever stood out of the
+    teacher's loss: every label is one the teacher fits, the labels are the representation's own clustering and
+    the online loop has nothing to correct, so re-clustering the improved representation (the baseline's move) is
+    how the labels can follow it. Once a noisy mode has appeared, the labels carry what the teacher does not fit
+    yet (noise the loop is removing, or speakers it has not learned): the run stays with the online loop."""
+    if condition not in RECLUSTER_IFS:
+        raise ValueError(f"recluster_if: {condition!r} is not one of {', '.join(RECLUSTER_IFS)}")
+    return condition == "always" or int(noisy_fits) == 0

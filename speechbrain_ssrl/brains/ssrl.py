@@ -38,7 +38,9 @@ epoch the teacher's embeddings of every training utterance are clustered afresh 
 are active, saved in ``<output_folder>/reclustering/epoch_<e>/``), the new clusters take the ids they share the
 most utterances with, and labels, queues, clean probabilities and both classifiers' rows restart from them;
 with ``recluster_max_gain`` only when the new partition's k-means objective beats the labels' by more than 0 and at
-most that much (``reclustering.accepts``), else the labels are kept.
+most that much (``reclustering.accepts``), else the labels are kept; with ``recluster_if: never_noisy`` only while
+the noisy-label model has found no noisy mode in any epoch so far (``reclustering.allows``), else nothing is
+embedded and the online loop goes on (``recluster_skipped`` 1).
 """
 
 from __future__ import annotations
@@ -63,7 +65,15 @@ from speechbrain_ssrl.label_diagnostics import (
 from speechbrain_ssrl.losses import weighted_mean
 from speechbrain_ssrl.online_clustering import RelabelConfig, relabel, row_chunks, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
-from speechbrain_ssrl.reclustering import RECLUSTER_INITS, accepts, map_onto, recluster_epochs, recluster_max_gain
+from speechbrain_ssrl.reclustering import (
+    RECLUSTER_INITS,
+    accepts,
+    allows,
+    map_onto,
+    recluster_epochs,
+    recluster_if,
+    recluster_max_gain,
+)
 from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
 
 logger = logging.getLogger(__name__)
@@ -136,6 +146,8 @@ class SSRLBrain(SSLBrainBase):
         )
         self.recluster_at = recluster_epochs(getattr(h, "recluster_epochs", None), int(h.number_of_epochs))
         self.recluster_gate = recluster_max_gain(getattr(h, "recluster_max_gain", None))
+        self.recluster_condition = recluster_if(getattr(h, "recluster_if", None), bool(h.noisy_label_model),
+                                                getattr(h, "gmm_noisy_floor", None))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
         if h.teacher_bn not in ("eval", "train", "recal"):
@@ -396,6 +408,11 @@ class SSRLBrain(SSLBrainBase):
         from speechbrain_ssrl.metrics import pseudo_label_report
 
         h = self.hparams
+        noisy_fits = int(self.state.noise.noisy_fits)
+        if not allows(self.recluster_condition, noisy_fits):
+            logger.info("epoch %d: no re-clustering (recluster_if: %s; the noisy-label model found a noisy mode in %d "
+                        "epoch(s)): the online loop goes on", epoch, self.recluster_condition, noisy_fits)
+            return {"reclustered": 0, "recluster_skipped": 1, "recluster_changed": 0.0}
         t0 = time.time()
         tc = h.teacher_classifier
         targets = torch.nonzero(tc.active.detach().cpu()).flatten()

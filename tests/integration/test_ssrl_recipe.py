@@ -137,3 +137,21 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     ckpt = sorted(d for d in os.listdir(os.path.join(out3, "save")) if d.startswith("CKPT+"))[-1]
     state = torch.load(os.path.join(out3, "save", ckpt, "pseudo_labels.ckpt"), weights_only=True)
     assert torch.equal(state["queue"]["initial"], state["y0"])
+
+
+def test_ssrl_recluster_if_never_noisy_skips_after_a_noisy_mode(minivox_ci, dino_ci, tmp_path):
+    """recluster_if: never_noisy: with a floor of 0 every fitted GMM has a noisy mode, so epoch 1's fit counts and
+    epoch 2's listed re-clustering is skipped before anything is embedded (no reclustering/ folder); the count
+    is checkpointed."""
+    out = str(tmp_path / "ssrl_rc_if")
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}",
+               f"--output_folder={out}", "--K0=24", "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01",
+               "--ema_start=0.5", "--ema_end=0.9", "--recluster_epochs=[2]", "--recluster_if=never_noisy",
+               "--gmm_noisy_floor=0", "--validate_every=0", *TINY_ECAPA, "--number_of_epochs=3")
+    rows = history(out)
+    assert rows[1]["gmm_gated"] == "0"
+    assert (rows[2]["reclustered"], rows[2]["recluster_skipped"], float(rows[2]["recluster_changed"])) == ("0", "1", 0.0)
+    assert not os.path.exists(os.path.join(out, "reclustering"))
+    ckpt = sorted(d for d in os.listdir(os.path.join(out, "save")) if d.startswith("CKPT+"))[-1]
+    state = torch.load(os.path.join(out, "save", ckpt, "pseudo_labels.ckpt"), weights_only=True)
+    assert state["noise"]["noisy_fits"] >= 1

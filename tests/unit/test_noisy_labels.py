@@ -184,3 +184,31 @@ def test_model_log_k_floor_uses_the_active_clusters():
     for bad in ({"space": "logit"}, {"noisy_floor": "log_n"}):
         with pytest.raises(ValueError, match="gmm_"):
             NoisyLabelModel(10, **bad)
+
+
+def test_model_counts_the_fits_that_found_a_noisy_mode():
+    """``noisy_fits`` (read by ``recluster_if: never_noisy``): gated and degenerate fits do not count, a noisy
+    component above the floor does; a checkpoint keeps the count, an older one (without it) reads as 0."""
+    clean_only, _ = _bulk_tail_and_wrong(wrong=0.0, n=500)
+    noisy, _ = _bulk_tail_and_wrong(wrong=0.18, n=500)
+    idx = torch.arange(500)
+    model = NoisyLabelModel(500, space="loss", noisy_floor="log_k")
+    model.update(idx, clean_only, n_classes=116)
+    assert model.noisy_fits == 0 and model.stats()["noisy_fits"] == 0
+    with pytest.warns(UserWarning, match="not fitted"):
+        model.update(idx[:1], clean_only[:1], n_classes=116)  # degenerate: one loss
+    assert model.noisy_fits == 0
+    model.update(idx, noisy, n_classes=116)
+    assert model.noisy_fits == 1
+    model.update(idx, clean_only, n_classes=116)  # a later gated epoch does not undo it
+    state = model.state_dict()
+    assert state["noisy_fits"] == 1
+    restored = NoisyLabelModel(500, space="loss", noisy_floor="log_k")
+    restored.load_state_dict(state)
+    assert restored.noisy_fits == 1
+    del state["noisy_fits"]
+    restored.load_state_dict(state)
+    assert restored.noisy_fits == 0
+    off = NoisyLabelModel(500, enabled=False)
+    off.update(idx, noisy)
+    assert off.noisy_fits == 0

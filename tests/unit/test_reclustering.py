@@ -5,7 +5,15 @@ import torch
 
 from speechbrain_ssrl.metrics import contingency, hungarian_accuracy, hungarian_pairs
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
-from speechbrain_ssrl.reclustering import accepts, map_onto, mean_cosine, recluster_epochs, recluster_max_gain
+from speechbrain_ssrl.reclustering import (
+    accepts,
+    allows,
+    map_onto,
+    mean_cosine,
+    recluster_epochs,
+    recluster_if,
+    recluster_max_gain,
+)
 
 
 def test_recluster_epochs_checked_and_sorted():
@@ -96,3 +104,20 @@ def test_gate_accepts_only_a_small_positive_gain():
     for bad in (0, -0.1, "x", True, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="recluster_max_gain"):
             recluster_max_gain(bad)
+
+
+def test_recluster_if_checked_and_applied():
+    assert recluster_if(None, True, None) == "always" and recluster_if("always", False, None) == "always"
+    assert recluster_if("never_noisy", True, "log_k") == "never_noisy"
+    assert recluster_if("never_noisy", True, 2.5) == "never_noisy"
+    with pytest.raises(ValueError, match="recluster_if: 'sometimes'"):
+        recluster_if("sometimes", True, "log_k")
+    with pytest.raises(ValueError, match="noisy_label_model is false"):
+        recluster_if("never_noisy", False, "log_k")
+    for floor in (None, "none"):
+        with pytest.raises(ValueError, match="gmm_noisy_floor"):
+            recluster_if("never_noisy", True, floor)
+    assert allows("always", 0) and allows("always", 3)
+    assert allows("never_noisy", 0) and not allows("never_noisy", 1) and not allows("never_noisy", 7)
+    with pytest.raises(ValueError, match="recluster_if"):
+        allows("sometimes", 0)
