@@ -39,7 +39,7 @@ from speechbrain_ssrl.state import StateRecoverable
 
 from speechbrain_ssrl.label_queue import unique_last
 
-__all__ = ["GMMFit", "fit_clean_gmm", "clean_probability", "NoisyLabelModel", "GMM_SPACES"]
+__all__ = ["GMMFit", "fit_clean_gmm", "clean_probability", "NoisyLabelModel", "GMM_SPACES", "noisy_floor_setting"]
 
 GMM_SPACES = ("log_loss", "loss")
 
@@ -210,6 +210,16 @@ def clean_probability(losses, **gmm_kwargs: Any) -> torch.Tensor:
     return fit_clean_gmm(losses, **gmm_kwargs).p
 
 
+def noisy_floor_setting(value: Optional[float | str]) -> Optional[float | str]:
+    """The yaml's ``gmm_noisy_floor``, read in one place: ``None`` (also ``"none"``: the release, no floor),
+    ``"log_k"``, or the value unchanged (a loss). Anything else is refused with one line naming the key."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, str) and value != "log_k":
+        raise ValueError(f"gmm_noisy_floor must be none, log_k or a number, got {value!r}")
+    return value
+
+
 class NoisyLabelModel(StateRecoverable):
     """Per-utterance clean probabilities ``p`` (N,), initialised to 1, refitted every epoch.
 
@@ -245,9 +255,7 @@ class NoisyLabelModel(StateRecoverable):
             raise ValueError(f"n must be >= 0, got {n}")
         if space not in GMM_SPACES:
             raise ValueError(f"gmm_space must be one of {GMM_SPACES}, got {space!r}")
-        if isinstance(noisy_floor, str) and noisy_floor not in ("none", "log_k"):
-            raise ValueError(f"gmm_noisy_floor must be none, log_k or a number, got {noisy_floor!r}")
-        self.noisy_floor: Optional[float | str] = None if noisy_floor in (None, "none") else noisy_floor
+        self.noisy_floor: Optional[float | str] = noisy_floor_setting(noisy_floor)
         self.enabled: bool = bool(enabled)
         self.gmm_kwargs: Dict[str, Any] = dict(
             max_iter=max_iter,

@@ -125,7 +125,8 @@ def accepts(objective: float, labels_objective: float, max_gain: Optional[float]
 def recluster_if(value, noisy_label_model: bool, noisy_floor, key: str = "recluster_if") -> str:
     """The yaml's condition, checked. ``never_noisy`` reads the noisy-label model's verdicts, so it needs that
     model on (``noisy_label_model: true``) and a floor that can say "no noisy mode" (``gmm_noisy_floor`` not
-    ``none``: without one every fitted GMM has a noisy component and the run would never re-cluster)."""
+    ``none``: without one every fitted GMM has a noisy component and the run would never re-cluster).
+    ``noisy_floor`` is the setting as ``noisy_labels.noisy_floor_setting`` reads it (``None`` = no floor)."""
     v = "always" if value is None else str(value)
     if v not in RECLUSTER_IFS:
         raise ValueError(f"{key}: {value!r} is not one of {', '.join(RECLUSTER_IFS)}; fix the yaml key")
@@ -133,7 +134,7 @@ def recluster_if(value, noisy_label_model: bool, noisy_floor, key: str = "reclus
         if not noisy_label_model:
             raise ValueError(f"{key}: never_noisy reads the noisy-label model's GMM, but noisy_label_model is false; "
                              f"set noisy_label_model: true or {key}: always")
-        if noisy_floor is None or (isinstance(noisy_floor, str) and noisy_floor.lower() in ("none", "null")):
+        if noisy_floor is None:
             raise ValueError(f"{key}: never_noisy needs a gmm_noisy_floor (log_k or a number) to tell 'no noisy mode'; "
                              f"set gmm_noisy_floor: log_k or {key}: always")
     return v

@@ -63,6 +63,7 @@ from speechbrain_ssrl.label_diagnostics import (
     write_label_merges,
 )
 from speechbrain_ssrl.losses import weighted_mean
+from speechbrain_ssrl.noisy_labels import noisy_floor_setting
 from speechbrain_ssrl.online_clustering import RelabelConfig, relabel, row_chunks, rule_assign
 from speechbrain_ssrl.pseudo_labels import PseudoLabelState
 from speechbrain_ssrl.reclustering import (
@@ -147,7 +148,7 @@ class SSRLBrain(SSLBrainBase):
         self.recluster_at = recluster_epochs(getattr(h, "recluster_epochs", None), int(h.number_of_epochs))
         self.recluster_gate = recluster_max_gain(getattr(h, "recluster_max_gain", None))
         self.recluster_condition = recluster_if(getattr(h, "recluster_if", None), bool(h.noisy_label_model),
-                                                getattr(h, "gmm_noisy_floor", None))
+                                                noisy_floor_setting(getattr(h, "gmm_noisy_floor", None)))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
         if h.teacher_bn not in ("eval", "train", "recal"):

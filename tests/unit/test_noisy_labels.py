@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from speechbrain_ssrl.noisy_labels import NoisyLabelModel, clean_probability, fit_clean_gmm
+from speechbrain_ssrl.noisy_labels import NoisyLabelModel, clean_probability, fit_clean_gmm, noisy_floor_setting
 
 torch.set_num_threads(1)
 
@@ -212,3 +212,15 @@ def test_model_counts_the_fits_that_found_a_noisy_mode():
     off = NoisyLabelModel(500, enabled=False)
     off.update(idx, noisy)
     assert off.noisy_fits == 0
+
+
+def test_noisy_floor_setting_reads_the_yaml_key_once():
+    """``gmm_noisy_floor`` is read in one place (NoisyLabelModel and recluster_if both use it)."""
+    assert noisy_floor_setting(None) is None and noisy_floor_setting("none") is None
+    assert noisy_floor_setting("log_k") == "log_k" and noisy_floor_setting(2.5) == 2.5
+    for bad in ("null", "logk", "auto"):
+        with pytest.raises(ValueError, match="gmm_noisy_floor must be none, log_k or a number"):
+            noisy_floor_setting(bad)
+    assert NoisyLabelModel(4, noisy_floor="none").noisy_floor is None
+    with pytest.raises(ValueError, match="gmm_noisy_floor"):
+        NoisyLabelModel(4, noisy_floor="null")

@@ -114,9 +114,8 @@ def test_recluster_if_checked_and_applied():
         recluster_if("sometimes", True, "log_k")
     with pytest.raises(ValueError, match="noisy_label_model is false"):
         recluster_if("never_noisy", False, "log_k")
-    for floor in (None, "none"):
-        with pytest.raises(ValueError, match="gmm_noisy_floor"):
-            recluster_if("never_noisy", True, floor)
+    with pytest.raises(ValueError, match="gmm_noisy_floor"):
+        recluster_if("never_noisy", True, None)
     assert allows("always", 0) and allows("always", 3)
     assert allows("never_noisy", 0) and not allows("never_noisy", 1) and not allows("never_noisy", 7)
     with pytest.raises(ValueError, match="recluster_if"):
