@@ -17,6 +17,9 @@ run, at the end of the listed epochs, without restarting the model:
 3. labels and queues restart from the new labels (as from y0), the clean probabilities from 1, and both
    classifiers' rows of the matched ids turn to the new centroids.
 
+The epochs are listed (``recluster_epochs``) or follow the run (``recluster_every: n``: every n-th epoch after
+the label-fixed epochs, :func:`recluster_every`); the run re-clusters at the union of both.
+
 Between two re-clusterings the queue keeps the new labels for its seeded epochs and the online loop goes on.
 
 A gate (``recluster_max_gain``, :func:`accepts`) can keep the labels instead: the k-means objective of the new
@@ -36,7 +39,7 @@ from speechbrain_ssrl.clustering import mean_cosine
 from speechbrain_ssrl.metrics import contingency, hungarian_pairs
 
 __all__ = ["RECLUSTER_IFS", "RECLUSTER_INITS", "accepts", "allows", "map_onto", "mean_cosine", "recluster_epochs",
-           "recluster_if", "recluster_max_gain"]
+           "recluster_every", "recluster_if", "recluster_max_gain"]
 
 #: how a re-clustering's k-means starts (yaml ``recluster_init``): ``k-means++`` (fresh, as the initial clustering
 #: and the iterative baseline) or ``labels`` (from the current labels' mean embeddings, run to convergence)
@@ -63,6 +66,19 @@ def recluster_epochs(value: Optional[Iterable[int]], number_of_epochs: int, key:
             )
         out.append(int(e))
     return sorted(set(out))
+
+
+def recluster_every(value, fixed_label_epochs: int, number_of_epochs: int, key: str = "recluster_every") -> List[int]:
+    """The epochs of ``recluster_every: n``: every n-th epoch counted from the end of the ``fixed_label_epochs``
+    (the first label update is epoch ``fixed_label_epochs + 1``), never the last epoch; ``0`` = none. With 10
+    epochs, 2 label-fixed and n = 2: epochs 4, 6, 8, the MiniVox schedule, which scales with the run length
+    (``run_experiments.py --ssrl_epochs``, ``--number_of_epochs``) where a fixed list would be refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
+        raise ValueError(f"{key}: {value!r} is not a whole number of epochs >= 0; write e.g. {key}: 2 (or 0 for never)")
+    n = int(value)
+    if n == 0:
+        return []
+    return list(range(int(fixed_label_epochs) + n, int(number_of_epochs), n))
 
 
 def map_onto(new_labels: torch.Tensor, old_labels: torch.Tensor, target_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

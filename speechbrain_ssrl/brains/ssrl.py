@@ -33,8 +33,8 @@ classifiers' rows) are re-estimated as the cluster means of those embeddings (pl
 and λ follow from them. ``teacher_bn: recal`` re-estimates the teacher's BatchNorm statistics on clean
 crops before every labelling epoch (and keeps them through it).
 
-Re-clustering (``recluster_epochs``, neither paper nor release; ``reclustering.py``): at the end of each listed
-epoch the teacher's embeddings of every training utterance are clustered afresh (k-means, as many clusters as
+Re-clustering (``recluster_epochs`` and ``recluster_every``, neither paper nor release; ``reclustering.py``): at
+the end of each listed epoch the teacher's embeddings of every training utterance are clustered afresh (k-means, as many clusters as
 are active, saved in ``<output_folder>/reclustering/epoch_<e>/``), the new clusters take the ids they share the
 most utterances with, and labels, queues, clean probabilities and both classifiers' rows restart from them;
 with ``recluster_max_gain`` only when the new partition's k-means objective beats the labels' by more than 0 and at
@@ -72,6 +72,7 @@ from speechbrain_ssrl.reclustering import (
     allows,
     map_onto,
     recluster_epochs,
+    recluster_every,
     recluster_if,
     recluster_max_gain,
 )
@@ -145,7 +146,9 @@ class SSRLBrain(SSLBrainBase):
             knn_k=int(getattr(h, "relabel_knn_k", 5)),
             knn_self_weight=float(getattr(h, "relabel_knn_self_weight", 3.5)),
         )
-        self.recluster_at = recluster_epochs(getattr(h, "recluster_epochs", None), int(h.number_of_epochs))
+        self.recluster_at = sorted(set(recluster_epochs(getattr(h, "recluster_epochs", None), int(h.number_of_epochs)))
+                                   | set(recluster_every(getattr(h, "recluster_every", 0), int(h.fixed_label_epochs),
+                                                         int(h.number_of_epochs))))
         self.recluster_gate = recluster_max_gain(getattr(h, "recluster_max_gain", None))
         self.recluster_condition = recluster_if(getattr(h, "recluster_if", None), bool(h.noisy_label_model),
                                                 noisy_floor_setting(getattr(h, "gmm_noisy_floor", None)))

@@ -1,7 +1,7 @@
 """run_experiments.py end to end on a CI-size MiniVox with a toy model and tiny budgets.
 
 The session's tiny DINO run (``--dino_folder``; run_experiments trains DINO with the same ``train()`` as every
-other system) → iterative baseline (2 rounds x 1 epoch) → SSRL and its three ablations (2 epochs each: the same
+other system) → iterative baseline (2 rounds x 1 epoch) → SSRL and its four ablations (2 epochs each: the same
 number of steps) → test evaluation → results.md / results.json / plots → README section; then the same command
 again, which must train and evaluate nothing.
 """
@@ -17,7 +17,8 @@ import pytest
 
 from recipe_utils import RECIPE, TINY_DINO
 
-SYSTEMS = {"dino", "iterative_r1", "iterative_r2", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"}
+SYSTEMS = {"dino", "iterative_r1", "iterative_r2", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune",
+           "ssrl_no_recluster"}
 
 
 def run_experiments(*args):
@@ -51,7 +52,8 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
     # equal step budget: one SSRL run = the whole 2-round baseline; round 1 = half of it
     spe = 48 // 8  # 48 training utterances, batch 8, drop_last
     assert sy["iterative_r2"]["cost"]["steps"] == 2 * spe and sy["iterative_r1"]["cost"]["steps"] == spe
-    assert all(sy[n]["cost"]["steps"] == 2 * spe for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"))
+    assert all(sy[n]["cost"]["steps"] == 2 * spe for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune",
+                                                               "ssrl_no_recluster"))
     # label diagnostics of the final labels
     for n in SYSTEMS - {"dino"}:
         lab = sy[n]["labels"]
@@ -65,6 +67,7 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
     assert float(last["ssrl_no_noisy"]["mean_p"]) == 1.0
     assert int(last["ssrl_no_prune"]["n_pruned"]) == 0
     assert "--queue_length=1" in json.loads((out / "logs" / "ssrl_no_queue.done.json").read_text())["cmd"]
+    assert "--recluster_every=0" in json.loads((out / "logs" / "ssrl_no_recluster.done.json").read_text())["cmd"]
     # SSRL and every round-1 start from the same k-means labels (computed once)
     assert sy["ssrl"]["history"][0]["nmi"] == sy["ssrl_no_queue"]["history"][0]["nmi"]
     assert math.isclose(float(sy["ssrl"]["history"][0]["nmi"]), res["iterative_rounds"][0]["nmi"], rel_tol=1e-4)
@@ -92,7 +95,7 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
     mtimes = {n: os.path.getmtime(out / n / "history.csv") for n in ("iterative", "ssrl", "ssrl_no_queue", "ssrl_no_prune")}
     log2 = run_experiments(*args)
     assert not re.search(r"^\$ ", log2, re.M) and "evaluating" not in log2 and "re-clustering" not in log2
-    assert log2.count("complete, skipped") == 5  # the baseline and the four SSRL runs
+    assert log2.count("complete, skipped") == 6  # the baseline and the five SSRL runs
     assert mtimes == {n: os.path.getmtime(out / n / "history.csv") for n in mtimes}
     res2 = json.loads((out / "results.json").read_text())
     assert res2["paired_vs_ssrl"] == res["paired_vs_ssrl"]

@@ -102,7 +102,7 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     out = str(tmp_path / "ssrl_rc")
     args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
             "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9",
-            "--recluster_epochs=[2]", "--validate_every=0", *TINY_ECAPA]
+            "--recluster_epochs=[2]", "--recluster_every=0", "--recluster_if=always", "--validate_every=0", *TINY_ECAPA]
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=3")
     rows = history(out)
     assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
@@ -146,7 +146,7 @@ def test_ssrl_recluster_if_never_noisy_skips_after_a_noisy_mode(minivox_ci, dino
     out = str(tmp_path / "ssrl_rc_if")
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}",
                f"--output_folder={out}", "--K0=24", "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01",
-               "--ema_start=0.5", "--ema_end=0.9", "--recluster_epochs=[2]", "--recluster_if=never_noisy",
+               "--ema_start=0.5", "--ema_end=0.9", "--recluster_epochs=[2]", "--recluster_every=0", "--recluster_if=never_noisy",
                "--gmm_noisy_floor=0", "--validate_every=0", *TINY_ECAPA, "--number_of_epochs=3")
     rows = history(out)
     assert rows[1]["gmm_gated"] == "0"

@@ -11,6 +11,7 @@ from speechbrain_ssrl.reclustering import (
     map_onto,
     mean_cosine,
     recluster_epochs,
+    recluster_every,
     recluster_if,
     recluster_max_gain,
 )
@@ -120,3 +121,14 @@ def test_recluster_if_checked_and_applied():
     assert allows("never_noisy", 0) and not allows("never_noisy", 1) and not allows("never_noisy", 7)
     with pytest.raises(ValueError, match="recluster_if"):
         allows("sometimes", 0)
+
+
+def test_recluster_every_follows_the_run():
+    assert recluster_every(2, 2, 10) == [4, 6, 8]  # the MiniVox schedule
+    assert recluster_every(2, 2, 20) == [4, 6, 8, 10, 12, 14, 16, 18]
+    assert recluster_every(3, 1, 10) == [4, 7]
+    assert recluster_every(2, 2, 4) == [] and recluster_every(2, 1, 4) == [3]  # never the last epoch
+    assert recluster_every(0, 2, 10) == []
+    for bad in (-1, 1.5, "2", True, None):
+        with pytest.raises(ValueError, match="recluster_every"):
+            recluster_every(bad, 2, 10)

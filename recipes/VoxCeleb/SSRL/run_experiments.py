@@ -7,8 +7,9 @@ Runs, in this order, each as the ``train.py`` command a user would type (shown a
 
 1. DINO (stage 1), once; every other system starts from its teacher (or ``--dino_folder`` reuses a run);
 2. the iterative baseline (``hparams/<config>/iterative_ecapa.yaml``), rounds 1..R;
-3. SSRL, SSRL without noisy-label modelling (``noisy_label_model=False``), without the label queue
-   (``queue_length=1``) and without cluster pruning (``prune_clusters=False``);
+3. SSRL, SSRL without noisy-label modelling (``noisy_label_model=False``; ``recluster_if=always``, since
+   ``never_noisy`` reads that model), without the label queue (``queue_length=1``), without cluster pruning
+   (``prune_clusters=False``) and without the in-run re-clustering (``recluster_every=0``, ``recluster_epochs=[]``);
 
 then evaluates every final model (DINO, the baseline after every round, the SSRL variants) on the
 held-out test trials (cosine scoring, EER with its leave-one-test-speaker-out standard error, minDCF
@@ -24,7 +25,7 @@ every train.py run whose yaml has the key (e.g. a toy model: ``--channels=[32,32
 ``--extra_dino`` / ``--extra_iterative`` / ``--extra_ssrl key=value ...`` to one stage only (e.g.
 ``--extra_iterative lr_start=5e-4`` tunes the baseline alone). ``--plan_only`` prints the plan.
 
-Systems (``--systems``, default: the baseline and the four SSRL rows above): ``--variant NAME=OVERRIDES``
+Systems (``--systems``, default: the baseline and the five SSRL rows above): ``--variant NAME=OVERRIDES``
 adds an SSRL row with its own train.py overrides (a candidate setting, e.g.
 ``--variant "ssrl_kmeans=--relabel_prototypes=kmeans --relabel_kmeans_iterations=3"``); ``--supervised``
 adds the *supervised ceiling*: the same SSRL model and step budget trained on the true speaker labels
@@ -74,9 +75,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(RECIPE)))
 #: the SSRL runs: (name, label in the table, train.py overrides)
 SSRL_VARIANTS = [
     ("ssrl", "SSRL", []),
-    ("ssrl_no_noisy", "SSRL w/o noisy-label modelling", ["--noisy_label_model=False"]),
+    # recluster_if: never_noisy reads the noisy-label model, so without it the run re-clusters at every listed epoch
+    ("ssrl_no_noisy", "SSRL w/o noisy-label modelling", ["--noisy_label_model=False", "--recluster_if=always"]),
     ("ssrl_no_queue", "SSRL w/o label queue (L = 1)", ["--queue_length=1"]),
     ("ssrl_no_prune", "SSRL w/o cluster pruning", ["--prune_clusters=False"]),
+    ("ssrl_no_recluster", "SSRL w/o re-clustering", ["--recluster_every=0", "--recluster_epochs=[]"]),
 ]
 
 #: Planning estimates for --config minivox on the CPU with 2 torch threads (seconds), measured on the
@@ -663,7 +666,7 @@ def parse_args(argv=None):
     sy = ap.add_argument_group("systems")
     sy.add_argument("--systems", default=None,
                     help="comma-separated systems to run: iterative, ssrl, ssrl_no_noisy, ssrl_no_queue, ssrl_no_prune, "
-                    "supervised and the NAMEs of --variant (default: iterative and the four SSRL rows, plus "
+                    "ssrl_no_recluster, supervised and the NAMEs of --variant (default: iterative and the five SSRL rows, plus "
                     "supervised and every --variant when given)")
     sy.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
                     help="an extra SSRL row: NAME=--key=value[ --key=value ...] (repeatable)")
@@ -716,7 +719,8 @@ def parse_args(argv=None):
     a.variants = [v for v in a.variants if v[0] in a.systems]
     if "supervised" in a.systems:
         a.variants.append(("supervised", "Supervised ceiling (true speaker labels, fixed; same steps)",
-                           ["--update_labels=False", "--noisy_label_model=False"]))
+                           ["--update_labels=False", "--noisy_label_model=False", "--recluster_every=0",
+                            "--recluster_epochs=[]", "--recluster_if=always"]))
     return a
 
 
