@@ -1,7 +1,7 @@
 """run_experiments.py end to end on a CI-size MiniVox with a toy model and tiny budgets.
 
 The session's tiny DINO run (``--dino_folder``; run_experiments trains DINO with the same ``train()`` as every
-other system) → iterative baseline (2 rounds x 1 epoch) → SSRL and its four ablations (2 epochs each: the same
+other system) → iterative baseline (2 rounds x 1 epoch) → SSRL and its three ablations (2 epochs each: the same
 number of steps) → test evaluation → results.md / results.json / plots → README section; then the same command
 again, which must train and evaluate nothing.
 """
@@ -17,8 +17,7 @@ import pytest
 
 from recipe_utils import RECIPE, TINY_DINO
 
-SYSTEMS = {"dino", "iterative_r1", "iterative_r2", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune",
-           "ssrl_no_recluster"}
+SYSTEMS = {"dino", "iterative_r1", "iterative_r2", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"}
 
 
 def run_experiments(*args):
@@ -52,8 +51,7 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
     # equal step budget: one SSRL run = the whole 2-round baseline; round 1 = half of it
     spe = 48 // 8  # 48 training utterances, batch 8, drop_last
     assert sy["iterative_r2"]["cost"]["steps"] == 2 * spe and sy["iterative_r1"]["cost"]["steps"] == spe
-    assert all(sy[n]["cost"]["steps"] == 2 * spe for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune",
-                                                               "ssrl_no_recluster"))
+    assert all(sy[n]["cost"]["steps"] == 2 * spe for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"))
     # label diagnostics of the final labels
     for n in SYSTEMS - {"dino"}:
         lab = sy[n]["labels"]
@@ -67,7 +65,6 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
     assert float(last["ssrl_no_noisy"]["mean_p"]) == 1.0
     assert int(last["ssrl_no_prune"]["n_pruned"]) == 0
     assert "--queue_length=1" in json.loads((out / "logs" / "ssrl_no_queue.done.json").read_text())["cmd"]
-    assert "--recluster_every=0" in json.loads((out / "logs" / "ssrl_no_recluster.done.json").read_text())["cmd"]
     # SSRL and every round-1 start from the same k-means labels (computed once)
     assert sy["ssrl"]["history"][0]["nmi"] == sy["ssrl_no_queue"]["history"][0]["nmi"]
     assert math.isclose(float(sy["ssrl"]["history"][0]["nmi"]), res["iterative_rounds"][0]["nmi"], rel_tol=1e-4)
@@ -95,7 +92,7 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
     mtimes = {n: os.path.getmtime(out / n / "history.csv") for n in ("iterative", "ssrl", "ssrl_no_queue", "ssrl_no_prune")}
     log2 = run_experiments(*args)
     assert not re.search(r"^\$ ", log2, re.M) and "evaluating" not in log2 and "re-clustering" not in log2
-    assert log2.count("complete, skipped") == 6  # the baseline and the five SSRL runs
+    assert log2.count("complete, skipped") == 5  # the baseline and the four SSRL runs
     assert mtimes == {n: os.path.getmtime(out / n / "history.csv") for n in mtimes}
     res2 = json.loads((out / "results.json").read_text())
     assert res2["paired_vs_ssrl"] == res["paired_vs_ssrl"]
@@ -154,3 +151,25 @@ def test_reclustered_columns_use_the_starts_k():
     assert rx.recluster_k({}, "200") == 200  # k-means start: the yaml's K0
     assert rx.recluster_k({"gmm": ("start.pt", 116), "iterative": ("start.pt", 116)}, 200) == 116
     assert rx.recluster_k({"supervised": ("sup.pt", 116)}, 200) == 200
+
+
+def test_systems_default_optional_rows_and_pinned_overrides():
+    """The default rows are the baseline and the four SSRL rows; ``ssrl_no_recluster`` runs only when named; the
+    no-GMM row and the supervised ceiling pin ``recluster_if: always`` (``never_noisy`` reads the GMM) and the
+    ceiling never re-clusters its true labels."""
+    sys.path.insert(0, RECIPE)
+    try:
+        import run_experiments as rx
+    finally:
+        sys.path.remove(RECIPE)
+    base = ["--data_folder=/d", "--out=/o"]
+    a = rx.parse_args(base)
+    assert a.systems == ["iterative", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"]
+    a = rx.parse_args(base + ["--systems=ssrl,ssrl_no_recluster,ssrl_no_noisy,supervised"])
+    ov = {n: args for n, _, args in a.variants}
+    assert set(ov) == {"ssrl", "ssrl_no_recluster", "ssrl_no_noisy", "supervised"}
+    assert "--recluster_every=0" in ov["ssrl_no_recluster"] and "--recluster_epochs=[]" in ov["ssrl_no_recluster"]
+    assert "--recluster_if=always" in ov["ssrl_no_noisy"]
+    assert {"--recluster_every=0", "--recluster_epochs=[]", "--recluster_if=always"} <= set(ov["supervised"])
+    with pytest.raises(SystemExit):
+        rx.parse_args(base + ["--variant", "ssrl_no_recluster=--K0=3"])  # a taken name

@@ -8,8 +8,9 @@ Runs, in this order, each as the ``train.py`` command a user would type (shown a
 1. DINO (stage 1), once; every other system starts from its teacher (or ``--dino_folder`` reuses a run);
 2. the iterative baseline (``hparams/<config>/iterative_ecapa.yaml``), rounds 1..R;
 3. SSRL, SSRL without noisy-label modelling (``noisy_label_model=False``; ``recluster_if=always``, since
-   ``never_noisy`` reads that model), without the label queue (``queue_length=1``), without cluster pruning
-   (``prune_clusters=False``) and without the in-run re-clustering (``recluster_every=0``, ``recluster_epochs=[]``);
+   ``never_noisy`` reads that model), without the label queue (``queue_length=1``) and without cluster pruning
+   (``prune_clusters=False``); without the in-run re-clustering (``ssrl_no_recluster``: ``recluster_every=0``,
+   ``recluster_epochs=[]``) when ``--systems`` names it;
 
 then evaluates every final model (DINO, the baseline after every round, the SSRL variants) on the
 held-out test trials (cosine scoring, EER with its leave-one-test-speaker-out standard error, minDCF
@@ -25,7 +26,7 @@ every train.py run whose yaml has the key (e.g. a toy model: ``--channels=[32,32
 ``--extra_dino`` / ``--extra_iterative`` / ``--extra_ssrl key=value ...`` to one stage only (e.g.
 ``--extra_iterative lr_start=5e-4`` tunes the baseline alone). ``--plan_only`` prints the plan.
 
-Systems (``--systems``, default: the baseline and the five SSRL rows above): ``--variant NAME=OVERRIDES``
+Systems (``--systems``, default: the baseline and the four SSRL rows above): ``--variant NAME=OVERRIDES``
 adds an SSRL row with its own train.py overrides (a candidate setting, e.g.
 ``--variant "ssrl_kmeans=--relabel_prototypes=kmeans --relabel_kmeans_iterations=3"``); ``--supervised``
 adds the *supervised ceiling*: the same SSRL model and step budget trained on the true speaker labels
@@ -79,6 +80,9 @@ SSRL_VARIANTS = [
     ("ssrl_no_noisy", "SSRL w/o noisy-label modelling", ["--noisy_label_model=False", "--recluster_if=always"]),
     ("ssrl_no_queue", "SSRL w/o label queue (L = 1)", ["--queue_length=1"]),
     ("ssrl_no_prune", "SSRL w/o cluster pruning", ["--prune_clusters=False"]),
+]
+#: SSRL rows run only when --systems names them (a no-op where the yaml does not re-cluster, as hparams/ssrl_ecapa.yaml)
+OPTIONAL_VARIANTS = [
     ("ssrl_no_recluster", "SSRL w/o re-clustering", ["--recluster_every=0", "--recluster_epochs=[]"]),
 ]
 
@@ -666,7 +670,7 @@ def parse_args(argv=None):
     sy = ap.add_argument_group("systems")
     sy.add_argument("--systems", default=None,
                     help="comma-separated systems to run: iterative, ssrl, ssrl_no_noisy, ssrl_no_queue, ssrl_no_prune, "
-                    "ssrl_no_recluster, supervised and the NAMEs of --variant (default: iterative and the five SSRL rows, plus "
+                    "ssrl_no_recluster, supervised and the NAMEs of --variant (default: iterative and the four SSRL rows, plus "
                     "supervised and every --variant when given)")
     sy.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
                     help="an extra SSRL row: NAME=--key=value[ --key=value ...] (repeatable)")
@@ -702,15 +706,17 @@ def parse_args(argv=None):
     a.variants = list(SSRL_VARIANTS)
     for v in a.variant:
         name, sep, ov = v.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in [n for n, _, _ in a.variants]:
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in [n for n, _, _ in a.variants + OPTIONAL_VARIANTS]:
             ap.error(f"--variant {v!r}: write NAME=--key=value ... with a new NAME of letters, digits and _")
         args = shlex.split(ov)
         if not args or any(not (x.startswith("--") and "=" in x) for x in args):
             ap.error(f"--variant {v!r}: overrides are written --key=value")
         a.variants.append((name, f"SSRL {name} ({' '.join(x[2:] for x in args)})", args))
+    default = ["iterative"] + [n for n, _, _ in a.variants] + (["supervised"] if a.supervised else [])
+    a.variants += OPTIONAL_VARIANTS
     known = ["iterative", "supervised"] + [n for n, _, _ in a.variants]
     if a.systems is None:
-        a.systems = ["iterative"] + [n for n, _, _ in a.variants] + (["supervised"] if a.supervised else [])
+        a.systems = default
     else:
         a.systems = [x.strip() for x in a.systems.split(",") if x.strip()]
         bad = [x for x in a.systems if x not in known]
