@@ -138,15 +138,17 @@ def accepts(objective: float, labels_objective: float, max_gain: Optional[float]
     return 0.0 < gain <= float(max_gain)
 
 
-def recluster_if(value, noisy_label_model: bool, noisy_floor, key: str = "recluster_if") -> str:
+def recluster_if(value, noisy_label_model: bool, noisy_floor, scheduled: bool = True, key: str = "recluster_if") -> str:
     """The yaml's condition, checked. ``never_noisy`` reads the noisy-label model's verdicts, so it needs that
     model on (``noisy_label_model: true``) and a floor that can say "no noisy mode" (``gmm_noisy_floor`` not
     ``none``: without one every fitted GMM has a noisy component and the run would never re-cluster).
-    ``noisy_floor`` is the setting as ``noisy_labels.noisy_floor_setting`` reads it (``None`` = no floor)."""
+    ``noisy_floor`` is the setting as ``noisy_labels.noisy_floor_setting`` reads it (``None`` = no floor). A run
+    with no re-clustering epoch (``scheduled`` false, e.g. ``--number_of_epochs`` too short for the schedule)
+    never reads the condition, so only its name is checked."""
     v = "always" if value is None else str(value)
     if v not in RECLUSTER_IFS:
         raise ValueError(f"{key}: {value!r} is not one of {', '.join(RECLUSTER_IFS)}; fix the yaml key")
-    if v == "never_noisy":
+    if v == "never_noisy" and scheduled:
         if not noisy_label_model:
             raise ValueError(f"{key}: never_noisy reads the noisy-label model's GMM, but noisy_label_model is false; "
                              f"set noisy_label_model: true or {key}: always")

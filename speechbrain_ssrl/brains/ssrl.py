@@ -151,7 +151,8 @@ class SSRLBrain(SSLBrainBase):
                                                          int(h.number_of_epochs))))
         self.recluster_gate = recluster_max_gain(getattr(h, "recluster_max_gain", None))
         self.recluster_condition = recluster_if(getattr(h, "recluster_if", None), bool(h.noisy_label_model),
-                                                noisy_floor_setting(getattr(h, "gmm_noisy_floor", None)))
+                                                noisy_floor_setting(getattr(h, "gmm_noisy_floor", None)),
+                                                scheduled=bool(self.recluster_at))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
         if h.teacher_bn not in ("eval", "train", "recal"):

@@ -117,6 +117,10 @@ def test_recluster_if_checked_and_applied():
         recluster_if("never_noisy", False, "log_k")
     with pytest.raises(ValueError, match="gmm_noisy_floor"):
         recluster_if("never_noisy", True, None)
+    # no re-clustering epoch in the run: the condition is never read, only its name is checked
+    assert recluster_if("never_noisy", False, None, scheduled=False) == "never_noisy"
+    with pytest.raises(ValueError, match="recluster_if: 'sometimes'"):
+        recluster_if("sometimes", True, "log_k", scheduled=False)
     assert allows("always", 0) and allows("always", 3)
     assert allows("never_noisy", 0) and not allows("never_noisy", 1) and not allows("never_noisy", 7)
     with pytest.raises(ValueError, match="recluster_if"):
