@@ -1,0 +1,139 @@
+"""How many clusters does a representation support? An offline probe of issue #13's cluster-count criterion.
+
+Issue #13 asks that SSRL's cluster count fall from K0 toward the true speaker count while the label NMI rises. The
+MiniVox re-clustering loop keeps K at the active count (198-200 clusters for 116 speakers); merging clusters would
+be the lever. This probe asks, for a teacher's embeddings of the training set (training labels only, no test
+trials), what the count does to label quality before any loop is built:
+
+* ``km<k>``: spherical k-means (``clustering.kmeans``, seeds 0..``--seeds``-1, mean over seeds) into k clusters,
+  for each k of ``--k`` (the true speaker count among them);
+* ``merge_<linkage>_<tau>``: k-means into ``--k0`` clusters, then agglomerative merging of the centroids
+  (scikit-learn ``AgglomerativeClustering``, cosine, ``--linkage``) until no two groups are closer than cosine tau:
+  tau = ``own_mean`` (label-free: the mean cosine of a member to its own centroid, "two centroids closer than a
+  member is to its own centroid cannot be told apart"), and each fixed tau of ``--tau``.
+
+Every row reports NMI, purity, the cluster count and the most true speakers whose majority cluster is one cluster
+(``label_diagnostics.majority_homes``, the ``max speakers / home`` of the recipe README's tables).
+
+    python bench/cluster_count_probe.py --train_csv <prepared train.csv> --teacher ssrl=<run folder with pretrained/> \\
+        --teacher dino=<embeddings.pt> --out probe.json
+
+A teacher is a run folder (its ``pretrained/`` model embeds the training set as the initial clustering does: full
+utterances up to ``--max_seconds``) or a ``.pt`` file of embeddings in the CSV's row order (``--save_embeddings``
+writes them, so a second probe need not embed again).
+
+Measured (#13; MiniVox demo, 2,320 training utterances of 116 speakers, corpus seeds 0 and 1, 2-core CPU;
+``bench/results/cluster_count_probe_minivox_demo.json``). NMI (mean of 3 k-means seeds) and, below, the max speakers
+per home; DINO = the 4-epoch stage 1 of each corpus' demo chain, SSRL = its MiniVox-default run (seed 1986):
+
+    teacher        km58   km87   km116  km150  km200  km300   merge average own_mean (k)   merge complete 0.9 (k)
+    seed 0 DINO    0.514  0.547  0.567  0.590  0.611  0.641   0.605 (191)                  0.556 (115)
+    seed 0 SSRL    0.588  0.614  0.629  0.641  0.659  0.680   0.659 (194)                  0.614 (105)
+    seed 1 DINO    0.514  0.546  0.563  0.587  0.606  0.638   0.601 (190)                  0.556 (114)
+    seed 1 SSRL    0.590  0.613  0.628  0.640  0.654  0.676   0.654 (193)                  0.608 (91)
+    max / home     8-10   6-7    5.3-6  4.3-5.7 3.7-4.7 3.3-4.3  5.7-10.3                  10-14.7
+
+On both corpus seeds and for DINO and SSRL alike, NMI *falls* with fewer clusters (k-means at the true count, 116, is
+0.03-0.04 below k-means at K0 = 200) and rises with more (300), and the most speakers sharing one home falls as k
+grows: this representation splits a speaker more readily than it separates two. Every merge of the K0 centroids
+lowers NMI and purity and raises the speakers per home (the label-free threshold ``own_mean``, 0.97-0.98, merges
+6-10 clusters and already doubles it). At this representation strength a merging re-clustering would trade NMI for
+cluster count: the count criterion of #13 (fall toward the true speakers) and its NMI and speakers-per-home criteria
+pull apart, and the MiniVox re-clustering keeps K at the active count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train_csv", required=True, help="prepared train.csv with the spk_id column")
+    ap.add_argument("--teacher", action="append", required=True,
+                    help="name=<run folder with pretrained/> or name=<embeddings .pt in the CSV's row order>")
+    ap.add_argument("--k", default="58,87,116,150,200,300", help="comma-separated cluster counts for the k-means sweep")
+    ap.add_argument("--k0", type=int, default=200, help="clusters before merging (the MiniVox K0)")
+    ap.add_argument("--tau", default="0.9,0.95", help="comma-separated fixed cosine thresholds for merging")
+    ap.add_argument("--linkage", default="average,complete", help="comma-separated linkages for merging")
+    ap.add_argument("--seeds", type=int, default=3, help="k-means seeds 0..n-1 per row (mean reported)")
+    ap.add_argument("--max_seconds", type=float, default=6.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save_embeddings", default=None, help="folder: write <name>.pt embeddings for a later probe")
+    ap.add_argument("--out", required=True, help="JSON file")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from sklearn.cluster import AgglomerativeClustering
+
+    from speechbrain_ssrl.clustering import kmeans
+    from speechbrain_ssrl.export import load_embed_fn
+    from speechbrain_ssrl.initial_clustering import embed_training_set
+    from speechbrain_ssrl.label_diagnostics import majority_homes
+    from speechbrain_ssrl.metrics import pseudo_label_report
+
+    with open(a.train_csv, newline="", encoding="utf-8") as f:
+        spk = [r["spk_id"] for r in csv.DictReader(f)]
+    names = sorted(set(spk))
+    truth = torch.tensor([names.index(s) for s in spk])
+
+    def report(y: torch.Tensor) -> dict:
+        r = pseudo_label_report(y, truth)
+        homes = torch.bincount(majority_homes(y, truth))
+        return {"nmi": r["nmi"], "purity": r["purity"], "clusters": int(torch.unique(y).numel()),
+                "max_speakers_per_home": int(homes.max())}
+
+    def mean_of(rows: list) -> dict:
+        return {key: round(sum(r[key] for r in rows) / len(rows), 4) for key in rows[0]}
+
+    out = {"train_csv": os.path.abspath(a.train_csv), "true_speakers": len(names), "seeds": a.seeds, "results": {}}
+    for item in a.teacher:
+        tname, src = item.split("=", 1)
+        t0 = time.time()
+        if src.endswith(".pt"):
+            emb = torch.load(src, weights_only=True)
+            if emb.shape[0] != truth.numel():
+                raise SystemExit(f"{src}: {emb.shape[0]} embeddings, {a.train_csv} has {truth.numel()} rows: "
+                                 "not the same training set")
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                fn, _ = load_embed_fn(os.path.join(src, "pretrained"), device="cpu", savedir=tmp)
+                with torch.no_grad():
+                    _, emb = embed_training_set(fn, a.train_csv, max_seconds=a.max_seconds, progress=False)
+        emb = torch.nn.functional.normalize(emb.float(), dim=1)
+        if a.save_embeddings:
+            os.makedirs(a.save_embeddings, exist_ok=True)
+            torch.save(emb, os.path.join(a.save_embeddings, f"{tname}.pt"))
+        res = {}
+        for k in [int(v) for v in a.k.split(",")]:
+            res[f"km{k}"] = mean_of([report(kmeans(emb, k, seed=s)[1]) for s in range(a.seeds)])
+        merged = {}
+        own_means = []
+        for s in range(a.seeds):
+            C, lab = kmeans(emb, a.k0, seed=s)
+            C = torch.nn.functional.normalize(C.float(), dim=1)
+            own = float((emb * C[lab]).sum(1).mean())
+            own_means.append(own)
+            taus = [("own_mean", own)] + [(f"{float(t):g}", float(t)) for t in a.tau.split(",")]
+            for link in a.linkage.split(","):
+                for tag, tau in taus:
+                    groups = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage=link,
+                                                     distance_threshold=1.0 - tau).fit(C.numpy()).labels_
+                    merged.setdefault(f"merge_{link}_{tag}", []).append(report(torch.as_tensor(groups)[lab]))
+        res.update({key: mean_of(rows) for key, rows in merged.items()})
+        res["own_mean"] = round(sum(own_means) / len(own_means), 4)
+        res["seconds"] = round(time.time() - t0, 1)
+        out["results"][tname] = res
+        print(tname, json.dumps(res), flush=True)
+    with open(a.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

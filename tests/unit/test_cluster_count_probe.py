@@ -1,0 +1,42 @@
+"""bench/cluster_count_probe.py: the k sweep and the centroid merging on embeddings whose speakers are known."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location("cluster_count_probe", os.path.join(ROOT, "bench", "cluster_count_probe.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    n_spk, per = 6, 10
+    centres = torch.nn.functional.normalize(torch.randn(n_spk, 16, generator=g), dim=1)
+    emb = centres.repeat_interleave(per, 0) + 0.01 * torch.randn(n_spk * per, 16, generator=g)
+    torch.save(emb, tmp_path / "emb.pt")
+    with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "spk_id"])
+        for i in range(n_spk * per):
+            w.writerow([f"u{i}", f"id{i // per:03d}"])
+    out = tmp_path / "probe.json"
+    _probe().main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}",
+                   "--k", "3,6,12", "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "2",
+                   "--out", str(out)])
+    res = json.loads(out.read_text())["results"]["t"]
+    assert res["km6"]["nmi"] == 1.0 and res["km6"]["max_speakers_per_home"] == 1
+    assert res["km3"]["clusters"] == 3 and res["km3"]["max_speakers_per_home"] >= 2  # 6 speakers in 3 clusters
+    assert res["km12"]["purity"] == 1.0 and res["km12"]["nmi"] < 1.0  # split speakers, none mixed
+    # merging 12 centroids at cosine 0.9 joins the splits of each speaker back, and no two speakers
+    merged = res["merge_average_0.9"]
+    assert merged["clusters"] == 6 and merged["nmi"] == 1.0
+    assert {"merge_average_own_mean", "own_mean", "seconds"} <= set(res)
