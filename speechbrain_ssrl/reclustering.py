@@ -71,8 +71,9 @@ def recluster_epochs(value: Optional[Iterable[int]], number_of_epochs: int, key:
 def recluster_every(value, fixed_label_epochs: int, number_of_epochs: int, key: str = "recluster_every") -> List[int]:
     """The epochs of ``recluster_every: n``: every n-th epoch counted from the end of the ``fixed_label_epochs``
     (the first label update is epoch ``fixed_label_epochs + 1``), never the last epoch; ``0`` = none. With 10
-    epochs, 2 label-fixed and n = 2: epochs 4, 6, 8, the MiniVox schedule, which scales with the run length
-    (``run_experiments.py --ssrl_epochs``, ``--number_of_epochs``) where a fixed list would be refused."""
+    epochs, 2 label-fixed and n = 2: epochs 4, 6, 8; n = 1: epochs 3-9 (the MiniVox schedule); the schedule scales
+    with the run length (``run_experiments.py --ssrl_epochs``, ``--number_of_epochs``) where a fixed list would be
+    refused."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
         raise ValueError(f"{key}: {value!r} is not a whole number of epochs >= 0; write e.g. {key}: 2 (or 0 for never)")
     n = int(value)
