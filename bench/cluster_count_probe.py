@@ -45,7 +45,6 @@ pull apart, and the MiniVox re-clustering keeps K at the active count.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import tempfile
@@ -73,15 +72,15 @@ def main(argv=None):
     from sklearn.cluster import AgglomerativeClustering
 
     from speechbrain_ssrl.clustering import kmeans
+    from speechbrain_ssrl.data.views import true_speaker_ids
     from speechbrain_ssrl.export import load_embed_fn
     from speechbrain_ssrl.initial_clustering import embed_training_set
     from speechbrain_ssrl.label_diagnostics import majority_homes
     from speechbrain_ssrl.metrics import pseudo_label_report
 
-    with open(a.train_csv, newline="", encoding="utf-8") as f:
-        spk = [r["spk_id"] for r in csv.DictReader(f)]
-    names = sorted(set(spk))
-    truth = torch.tensor([names.index(s) for s in spk])
+    truth = true_speaker_ids(a.train_csv)
+    if truth is None:
+        raise SystemExit(f"{a.train_csv}: no spk_id in every row; the probe needs the true speakers")
 
     def report(y: torch.Tensor) -> dict:
         r = pseudo_label_report(y, truth)
@@ -92,7 +91,7 @@ def main(argv=None):
     def mean_of(rows: list) -> dict:
         return {key: round(sum(r[key] for r in rows) / len(rows), 4) for key in rows[0]}
 
-    out = {"train_csv": os.path.abspath(a.train_csv), "true_speakers": len(names), "seeds": a.seeds, "results": {}}
+    out = {"train_csv": os.path.abspath(a.train_csv), "true_speakers": int(truth.max()) + 1, "seeds": a.seeds, "results": {}}
     for item in a.teacher:
         tname, src = item.split("=", 1)
         t0 = time.time()

@@ -60,7 +60,6 @@ itself (as much as five baseline rounds from the 4-epoch DINO), but still separa
 """
 
 import argparse
-import csv
 import json
 import os
 import tempfile
@@ -80,16 +79,16 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from speechbrain_ssrl.clustering import kmeans
+    from speechbrain_ssrl.data.views import true_speaker_ids
     from speechbrain_ssrl.export import load_embed_fn
     from speechbrain_ssrl.initial_clustering import embed_training_set
     from speechbrain_ssrl.metrics import pseudo_label_report
     from speechbrain_ssrl.online_clustering import knn_vote, spherical_lloyd
     from speechbrain_ssrl.reclustering import mean_cosine
 
-    with open(a.train_csv, newline="", encoding="utf-8") as f:
-        spk = [r["spk_id"] for r in csv.DictReader(f)]
-    names = sorted(set(spk))
-    truth = torch.tensor([names.index(s) for s in spk])
+    truth = true_speaker_ids(a.train_csv)
+    if truth is None:
+        raise SystemExit(f"{a.train_csv}: no spk_id in every row; the probe needs the true speakers")
     nmi = lambda y: round(float(pseudo_label_report(y, truth)["nmi"]), 4)  # noqa: E731
     starts = {}
     for item in a.start:

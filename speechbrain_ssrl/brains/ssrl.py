@@ -388,7 +388,7 @@ class SSRLBrain(SSLBrainBase):
         if self.true_labels is None:
             return out
         out.update(self.state.diagnostics(self.true_labels))
-        if self.speaker_names is None:  # the ids of train.py's true_speaker_ids: sorted spk_id of the CSV
+        if self.speaker_names is None:  # the ids of views.true_speaker_ids: sorted spk_id of the CSV
             from speechbrain_ssrl.data.views import read_csv_rows
 
             rows = read_csv_rows(self.hparams.train_annotation)

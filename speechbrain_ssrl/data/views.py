@@ -185,6 +185,16 @@ def read_csv_rows(csv_path: str) -> List[Dict[str, str]]:
     return rows
 
 
+def true_speaker_ids(csv_path: str) -> Optional[torch.Tensor]:
+    """Integer true speaker ids of a prepared CSV's rows (the sorted ``spk_id`` values numbered 0..S-1), for
+    diagnostics only; ``None`` when the column is absent or has an empty cell."""
+    rows = read_csv_rows(csv_path)
+    if "spk_id" not in rows[0] or not all(r.get("spk_id") for r in rows):
+        return None
+    names = {s: i for i, s in enumerate(sorted({r["spk_id"] for r in rows}))}
+    return torch.tensor([names[r["spk_id"]] for r in rows], dtype=torch.long)
+
+
 #: rows tried (the failing one and the next ones, cyclically) before a decoding failure is fatal
 MAX_DECODE_TRIES = 16
 _reported_replacements: set = set()

@@ -25,9 +25,9 @@ def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
     torch.save(emb, tmp_path / "emb.pt")
     with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["ID", "spk_id"])
+        w.writerow(["ID", "duration", "wav", "start", "stop", "spk_id"])
         for i in range(n_spk * per):
-            w.writerow([f"u{i}", f"id{i // per:03d}"])
+            w.writerow([f"u{i}", "1.0", f"u{i}.wav", "0", "16000", f"id{i // per:03d}"])
     out = tmp_path / "probe.json"
     _probe().main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}",
                    "--k", "3,6,12", "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "2",
@@ -40,3 +40,13 @@ def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
     merged = res["merge_average_0.9"]
     assert merged["clusters"] == 6 and merged["nmi"] == 1.0
     assert {"merge_average_own_mean", "own_mean", "seconds"} <= set(res)
+
+
+def test_true_speaker_ids_numbers_the_sorted_speakers(tmp_path):
+    from speechbrain_ssrl.data.views import true_speaker_ids
+
+    path = tmp_path / "train.csv"
+    path.write_text("ID,duration,wav,start,stop,spk_id\na,1,a.wav,0,1,id2\nb,1,b.wav,0,1,id1\nc,1,c.wav,0,1,id2\n")
+    assert true_speaker_ids(str(path)).tolist() == [1, 0, 1]
+    path.write_text("ID,duration,wav,start,stop,spk_id\na,1,a.wav,0,1,id2\nb,1,b.wav,0,1,\n")
+    assert true_speaker_ids(str(path)) is None  # an empty cell: no diagnostics

@@ -175,15 +175,6 @@ def run_dino(hparams, run_opts):
     return brain
 
 
-def true_speaker_ids(csv_path):
-    """Integer speaker ids from the CSV's ``spk_id`` column, for diagnostics only (None if absent)."""
-    rows = views.read_csv_rows(csv_path)
-    if "spk_id" not in rows[0] or not all(r.get("spk_id") for r in rows):
-        return None
-    names = {s: i for i, s in enumerate(sorted({r["spk_id"] for r in rows}))}
-    return torch.tensor([names[r["spk_id"]] for r in rows], dtype=torch.long)
-
-
 def initial_labels(brain, hparams):
     """k-means on the DINO teacher's embeddings, saved and reused. Under DDP every rank embeds its share of the
     training files (``cluster_num_workers`` DataLoader workers each) and all-gathers; k-means runs on the main
@@ -215,7 +206,7 @@ def run_ssrl(hparams, run_opts):
     load_encoder(hparams["dino_folder"], hparams["embedding_model"])
     brain = SSRLBrain(**brain_kwargs(hparams, run_opts))
     init = initial_labels(brain, hparams)
-    brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=true_speaker_ids(hparams["train_annotation"]))
+    brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=views.true_speaker_ids(hparams["train_annotation"]))
     train_data = views.student_teacher_dataset(
         hparams["train_annotation"],
         hparams["crop_sampler"],
@@ -241,7 +232,7 @@ def run_iterative(hparams, run_opts):
         brain = IterativeBrain(**brain_kwargs(rh, run_opts))
         init = initial_labels(brain, rh)
         load_encoder(rh["dino_folder"], rh["embedding_model"])  # every round trains from the DINO initialisation
-        brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=true_speaker_ids(rh["train_annotation"]))
+        brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=views.true_speaker_ids(rh["train_annotation"]))
         train_data = views.student_teacher_dataset(
             rh["train_annotation"], rh["crop_sampler"], student_seconds=rh["student_seconds"],
             teacher_seconds=rh["teacher_seconds"], sample_rate=rh["sample_rate"],
