@@ -110,12 +110,16 @@ def main(argv=None):
             os.makedirs(a.save_embeddings, exist_ok=True)
             torch.save(emb, os.path.join(a.save_embeddings, f"{tname}.pt"))
         res = {}
-        for k in [int(v) for v in a.k.split(",")]:
-            res[f"km{k}"] = mean_of([report(kmeans(emb, k, seed=s)[1]) for s in range(a.seeds)])
+        runs = {}  # (k, seed) -> k-means result: the K0 runs of the sweep are the ones merged below
+        for k in sorted({int(v) for v in a.k.split(",")} | {a.k0}):
+            for s in range(a.seeds):
+                runs[k, s] = kmeans(emb, k, seed=s)
+            if str(k) in a.k.split(","):
+                res[f"km{k}"] = mean_of([report(runs[k, s][1]) for s in range(a.seeds)])
         merged = {}
         own_means = []
         for s in range(a.seeds):
-            C, lab = kmeans(emb, a.k0, seed=s)
+            C, lab = runs[a.k0, s]
             C = torch.nn.functional.normalize(C.float(), dim=1)
             own = float((emb * C[lab]).sum(1).mean())
             own_means.append(own)
