@@ -144,6 +144,7 @@ def initial_clustering(
     distributed: bool = False,
     init_labels: Optional[torch.Tensor] = None,
     compare_labels: Optional[torch.Tensor] = None,
+    embeddings: Optional[torch.Tensor] = None,
 ) -> Dict[str, Any]:
     """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
 
@@ -166,6 +167,9 @@ def initial_clustering(
         compare_labels: (N,) labels in CSV order (any ids) that the result may replace: the k-means objective
             (``clustering.mean_cosine``) of the result (``objective``) and of these labels (``compare_objective``)
             on the same embeddings are saved with it, so a reused result still has both (``reclustering.accepts``).
+        embeddings: (N, D) embeddings in CSV order, already computed (under DDP the same on every rank): nothing
+            is embedded and ``embed_fn`` is not called (``reclustering.epoch_embeddings``: the teacher embeddings
+            an SSRL epoch recorded); L2-normalised here, as computed ones are; saved as ``embeddings: given``.
     Returns:
         dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
         saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
@@ -190,8 +194,10 @@ def initial_clustering(
         return data
     if k > len(ids):
         raise ValueError(f"k = {k} clusters but {train_csv} has only {len(ids)} utterances")
-    missing = [w for w in wavs if not os.path.isfile(w)]
-    if len(missing) == len(wavs):
+    if embeddings is not None and tuple(embeddings.shape[:1]) != (len(ids),):
+        raise ValueError(f"embeddings must have one row per utterance of {train_csv} ({len(ids)}), got {tuple(embeddings.shape)}")
+    missing = [] if embeddings is not None else [w for w in wavs if not os.path.isfile(w)]
+    if missing and len(missing) == len(wavs):
         raise FileNotFoundError(
             f"none of the {len(wavs)} audio files of {train_csv} exists, e.g. {missing[0]}: is the corpus mounted? "
             "Re-run the data preparation if it moved"
@@ -211,14 +217,20 @@ def initial_clustering(
     config = dict(
         train_csv=os.path.abspath(train_csv), k=k, max_seconds=max_seconds, n_iter=n_iter, tol=tol, seed=seed,
         spherical=spherical, init=init, precision=precision, batch_seconds=batch_seconds, max_batch=max_batch,
+        embeddings="computed" if embeddings is None else "given",
     )
     t0 = time.perf_counter()
-    emb = _embed_all(
-        embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress, sample_rate,
-        num_workers, shard,
-    )
+    if embeddings is None:
+        emb = _embed_all(
+            embed_fn, train_csv, ids, wavs, durations, max_seconds, batch_seconds, max_batch, device, progress,
+            sample_rate, num_workers, shard,
+        )
+    else:
+        # L2-normalised, as _embed_all's
+        emb = torch.nn.functional.normalize(torch.as_tensor(embeddings).detach().to("cpu", torch.float32), dim=1)
     t_embed = time.perf_counter() - t0
-    logger.info("initial clustering: %d embeddings of dimension %d in %.1f s", emb.shape[0], emb.shape[1], t_embed)
+    logger.info("initial clustering: %d embeddings of dimension %d %s in %.1f s", emb.shape[0], emb.shape[1],
+                "computed" if embeddings is None else "given", t_embed)
     if not shard:
         return _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
                                  spherical=spherical, init=init, device=device, precision=precision,

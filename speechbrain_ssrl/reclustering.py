@@ -9,7 +9,9 @@ baseline gets its gain that way, by re-clustering between rounds. Here the re-cl
 run, at the end of the listed epochs, without restarting the model:
 
 1. the EMA teacher (a copy, BN re-estimated on clean crops) embeds every training utterance, as the initial
-   clustering does, and k-means splits them into as many clusters as are active (``recluster_init:
+   clustering does (``recluster_embeddings: pass``), or the run takes the teacher embeddings its relabelling
+   recorded during the epoch, one clean teacher crop per utterance, and embeds nothing (``epoch``,
+   :func:`epoch_embeddings`; an utterance the epoch did not see stands in as its cluster's mean), and k-means splits them into as many clusters as are active (``recluster_init:
    k-means++``), or starts from the current labels' mean embeddings (``labels``: Lloyd to convergence from the
    labels, so it keeps what they know where the embeddings agree; ``bench/relabel_probe.py``'s ``lloyd_30``);
 2. each new cluster takes the id of the active cluster it shares the most utterances with (a one-to-one
@@ -38,8 +40,9 @@ import torch
 from speechbrain_ssrl.clustering import mean_cosine
 from speechbrain_ssrl.metrics import contingency, hungarian_pairs
 
-__all__ = ["RECLUSTER_IFS", "RECLUSTER_INITS", "accepts", "allows", "map_onto", "mean_cosine", "recluster_epochs",
-           "recluster_every", "recluster_if", "recluster_max_gain"]
+__all__ = ["RECLUSTER_EMBEDDINGS", "RECLUSTER_IFS", "RECLUSTER_INITS", "accepts", "allows", "epoch_embeddings",
+           "map_onto", "mean_cosine", "recluster_embeddings", "recluster_epochs", "recluster_every", "recluster_if",
+           "recluster_max_gain"]
 
 #: how a re-clustering's k-means starts (yaml ``recluster_init``): ``k-means++`` (fresh, as the initial clustering
 #: and the iterative baseline) or ``labels`` (from the current labels' mean embeddings, run to convergence)
@@ -48,6 +51,11 @@ RECLUSTER_INITS = ("k-means++", "labels")
 #: when a listed re-clustering happens (yaml ``recluster_if``): ``always``, or ``never_noisy``: only while no
 #: labelling epoch so far found a noisy mode (``NoisyLabelModel.noisy_fits == 0``)
 RECLUSTER_IFS = ("always", "never_noisy")
+
+#: what a re-clustering clusters (yaml ``recluster_embeddings``): ``pass`` = a pass of the teacher over every
+#: training utterance (BN re-estimated on clean crops, up to ``cluster_max_seconds``), as the initial clustering;
+#: ``epoch`` = the teacher embeddings recorded by the epoch's relabelling (:func:`epoch_embeddings`), no extra pass
+RECLUSTER_EMBEDDINGS = ("pass", "epoch")
 
 
 def recluster_epochs(value: Optional[Iterable[int]], number_of_epochs: int, key: str = "recluster_epochs") -> List[int]:
@@ -80,6 +88,44 @@ def recluster_every(value, fixed_label_epochs: int, number_of_epochs: int, key: 
     if n == 0:
         return []
     return list(range(int(fixed_label_epochs) + n, int(number_of_epochs), n))
+
+
+def epoch_embeddings(
+    idx: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor
+) -> Tuple[torch.Tensor, int]:
+    """The epoch's recorded teacher embeddings as one row per utterance (yaml ``recluster_embeddings: epoch``).
+
+    Args:
+        idx: (n,) utterance indices of the records (CSV order); a repeated index keeps its last record.
+        emb: (n, D) their teacher embeddings.
+        labels: (N,) the current labels (ids < ``len(prototypes)``).
+        prototypes: (K, D) the teacher classifier's rows.
+    Returns:
+        (N, D) L2-normalised rows, and how many of them were filled: an utterance without a record (the sampler's
+        dropped tail, 16 of 2,320 on MiniVox demo) takes the normalised mean of its cluster's recorded rows, or
+        its cluster's prototype when none of them was recorded, so that k-means places it with its cluster.
+    """
+    idx = torch.as_tensor(idx).to("cpu", torch.long).flatten()
+    labels = torch.as_tensor(labels).to("cpu", torch.long).flatten()
+    emb = torch.nn.functional.normalize(torch.as_tensor(emb).detach().to("cpu", torch.float32), dim=1)
+    protos = torch.nn.functional.normalize(torch.as_tensor(prototypes).detach().to("cpu", torch.float32), dim=1)
+    if idx.numel() != emb.shape[0] or emb.dim() != 2 or emb.shape[1] == 0:
+        raise ValueError(f"need one recorded embedding per index, got {idx.numel()} indices and embeddings of shape "
+                         f"{tuple(emb.shape)}")
+    if emb.shape[1] != protos.shape[1]:
+        raise ValueError(f"embeddings of dimension {emb.shape[1]} but prototypes of dimension {protos.shape[1]}")
+    n = labels.numel()
+    last = torch.full((n,), -1, dtype=torch.long).scatter_reduce(0, idx, torch.arange(idx.numel()), reduce="amax")
+    seen = last >= 0  # (each utterance's last record: index_put with repeats has no defined winner)
+    out = torch.zeros(n, emb.shape[1])
+    out[seen] = emb[last[seen]]
+    todo = torch.nonzero(~seen).flatten()
+    if todo.numel():
+        sums = torch.zeros(protos.shape[0], emb.shape[1]).index_add_(0, labels[seen], out[seen])
+        counts = torch.bincount(labels[seen], minlength=protos.shape[0])
+        means = torch.where((counts > 0)[:, None], torch.nn.functional.normalize(sums, dim=1), protos)
+        out[todo] = means[labels[todo]]
+    return out, int(todo.numel())
 
 
 def map_onto(new_labels: torch.Tensor, old_labels: torch.Tensor, target_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +183,14 @@ def accepts(objective: float, labels_objective: float, max_gain: Optional[float]
         return True
     gain = float(objective) - float(labels_objective)
     return 0.0 < gain <= float(max_gain)
+
+
+def recluster_embeddings(value, key: str = "recluster_embeddings") -> str:
+    """The yaml's source of a re-clustering's embeddings, checked: one of :data:`RECLUSTER_EMBEDDINGS`."""
+    v = "pass" if value is None else str(value)
+    if v not in RECLUSTER_EMBEDDINGS:
+        raise ValueError(f"{key}: {value!r} is not one of {', '.join(RECLUSTER_EMBEDDINGS)}; fix the yaml key")
+    return v
 
 
 def recluster_if(value, noisy_label_model: bool, noisy_floor, scheduled: bool = True, key: str = "recluster_if") -> str:

@@ -35,7 +35,8 @@ crops before every labelling epoch (and keeps them through it).
 
 Re-clustering (``recluster_epochs`` and ``recluster_every``, neither paper nor release; ``reclustering.py``): at
 the end of each listed epoch the teacher's embeddings of every training utterance are clustered afresh (k-means, as many clusters as
-are active, saved in ``<output_folder>/reclustering/epoch_<e>/``), the new clusters take the ids they share the
+are active, saved in ``<output_folder>/reclustering/epoch_<e>/``; embedded anew, or with ``recluster_embeddings: epoch``
+the ones the epoch's relabelling recorded), the new clusters take the ids they share the
 most utterances with, and labels, queues, clean probabilities and both classifiers' rows restart from them;
 with ``recluster_max_gain`` only when the new partition's k-means objective beats the labels' by more than 0 and at
 most that much (``reclustering.accepts``), else the labels are kept; with ``recluster_if: never_noisy`` only while
@@ -70,7 +71,9 @@ from speechbrain_ssrl.reclustering import (
     RECLUSTER_INITS,
     accepts,
     allows,
+    epoch_embeddings,
     map_onto,
+    recluster_embeddings,
     recluster_epochs,
     recluster_every,
     recluster_if,
@@ -153,6 +156,7 @@ class SSRLBrain(SSLBrainBase):
         self.recluster_condition = recluster_if(getattr(h, "recluster_if", None), bool(h.noisy_label_model),
                                                 noisy_floor_setting(getattr(h, "gmm_noisy_floor", None)),
                                                 scheduled=bool(self.recluster_at))
+        self.recluster_source = recluster_embeddings(getattr(h, "recluster_embeddings", None))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
         if h.teacher_bn not in ("eval", "train", "recal"):
@@ -306,7 +310,7 @@ class SSRLBrain(SSLBrainBase):
                 y_t = self.state.teacher_targets(idx, y_hat, use_queue=self.teacher_uses_vote(self.epoch))
                 lam = h.teacher_classifier.teacher_loss(cos, y_t, margin=float(getattr(h, "teacher_margin", 0.0)))
             # relabelling at the epoch end recomputes ŷ and λ from the embeddings kept here
-            self.state.record(idx, y_hat, lam, embeddings=t_emb if self.relabel_cfg.at_epoch_end else None)
+            self.state.record(idx, y_hat, lam, embeddings=t_emb if self.keeps_embeddings(self.epoch) else None)
         y = self.state.targets(idx)
         per_sample = self.modules.classifier(s_emb, y, reduction="none")
         w = self.state.weights(idx)
@@ -352,14 +356,13 @@ class SSRLBrain(SSLBrainBase):
         epoch = self.epoch
         labelling = self.teacher_labelling(epoch)
         stats: Dict[str, float] = {"momentum": float(self.momentum(self.optimizer_step)), "steps": int(self.optimizer_step)}
+        records: Optional[Dict[str, torch.Tensor]] = None
         if labelling:
             protos = self.hparams.teacher_classifier.weight.detach().clone()  # before this update (diagnostics)
             if self.relabel_cfg.at_epoch_end:
                 records = self.relabel_at_epoch_end(epoch)
-            elif self.agreement_mode and self.state.fixed_end_epoch is None:
-                records = self.state.take_epoch_records()  # all ranks' ŷ, to measure the agreement
-            else:
-                records = None
+            elif (self.agreement_mode and self.state.fixed_end_epoch is None) or self.reclusters_from_epoch(epoch):
+                records = self.state.take_epoch_records()  # all ranks' ŷ (the agreement) and embeddings (re-clustering)
             if records is not None:
                 agree = self.decide_fixed_end(epoch, records)
                 if agree is not None:
@@ -375,7 +378,7 @@ class SSRLBrain(SSLBrainBase):
         else:
             stats["n_clusters"] = int(torch.unique(self.state.labels).numel())
         if epoch in getattr(self, "recluster_at", ()):
-            stats.update(self.recluster(epoch))
+            stats.update(self.recluster(epoch, records))
         stats["phase"] = "update" if self.in_update_phase(epoch) else "fixed"
         stats.update(self.label_diagnostics())
         return stats
@@ -402,11 +405,22 @@ class SSRLBrain(SSLBrainBase):
         out.update(summary)
         return out
 
+    def reclusters_from_epoch(self, epoch: int) -> bool:
+        """This epoch ends with a re-clustering of the teacher embeddings its relabelling recorded
+        (``recluster_embeddings: epoch``)."""
+        return getattr(self, "recluster_source", "pass") == "epoch" and epoch in getattr(self, "recluster_at", ())
+
+    def keeps_embeddings(self, epoch: int) -> bool:
+        """The teacher's embeddings of this epoch are recorded: for a relabelling at the epoch end, or for a
+        re-clustering from them."""
+        return self.relabel_cfg.at_epoch_end or self.reclusters_from_epoch(epoch)
+
     @torch.no_grad()
-    def recluster(self, epoch: int) -> Dict[str, float]:
+    def recluster(self, epoch: int, records: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, float]:
         """A fresh k-means of the teacher's embeddings restarts the labels (``reclustering.py``); every rank
         takes part (the embedding is sharded, k-means runs on the main process, every rank loads its saved
-        result, which a resumed run reuses)."""
+        result, which a resumed run reuses). With ``recluster_embeddings: epoch`` the embeddings are the epoch's
+        ``records`` (all ranks'), and nothing is embedded."""
         import time
 
         from speechbrain_ssrl.initial_clustering import initial_clustering
@@ -422,8 +436,21 @@ class SSRLBrain(SSLBrainBase):
         tc = h.teacher_classifier
         targets = torch.nonzero(tc.active.detach().cpu()).flatten()
         from_labels = str(getattr(h, "recluster_init", "k-means++")) == "labels"
+        given, embed_fn = None, None
+        if self.reclusters_from_epoch(epoch):
+            if records is None or records["emb"].shape[1] == 0:
+                raise RuntimeError(f"epoch {epoch}: recluster_embeddings: epoch, but the teacher recorded no embeddings "
+                                   "in this epoch (it labels only from fixed_label_epochs - queue_length // 2 on, or "
+                                   "the run resumed from an older version's checkpoint); set recluster_embeddings: "
+                                   "pass or re-cluster at a later epoch")
+            given, filled = epoch_embeddings(records["idx"], records["emb"], self.state.labels, tc.weight.detach())
+            logger.info("epoch %d: re-clustering the %d teacher embeddings the epoch recorded (%d utterances it did "
+                        "not see stand in as their cluster's mean)", epoch, given.shape[0] - filled, filled)
+        else:
+            embed_fn = self.embed_fn(self.scoring_model(self.teacher))
         data = initial_clustering(
-            embed_fn=self.embed_fn(self.scoring_model(self.teacher)),
+            embed_fn=embed_fn,
+            embeddings=given,
             train_csv=h.train_annotation,
             out_dir=os.path.join(h.output_folder, "reclustering", f"epoch_{epoch}"),
             # from the labels: their clusters (all active after pruning) start k-means; else as many as are active

@@ -119,12 +119,16 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
     assert "Going into epoch 1" not in proc.stdout + proc.stderr and "re-clustered" not in proc.stdout + proc.stderr
     assert [r.get("reclustered", "") for r in history(out)] == ["", "", "1", "", ""]
-    # recluster_init: labels: k-means starts from the current labels' clusters
+    assert saved["config"]["embeddings"] == "computed"
+    # recluster_init: labels: k-means starts from the current labels' clusters; recluster_embeddings: epoch: of the
+    # teacher embeddings the epoch recorded (here with the batch-wise nearest relabelling, which keeps none itself)
     out2 = str(tmp_path / "ssrl_rc_labels")
-    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *[a.replace(out, out2) for a in args],
-               "--recluster_init=labels", "--number_of_epochs=3")
+    proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *[a.replace(out, out2) for a in args],
+                      "--recluster_init=labels", "--recluster_embeddings=epoch", "--relabel_assignment=nearest",
+                      "--number_of_epochs=3")
     saved = torch.load(os.path.join(out2, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
     assert saved["config"]["init"] == "labels" and history(out2)[2]["reclustered"] == "1"
+    assert saved["config"]["embeddings"] == "given" and "teacher embeddings the epoch recorded" in proc.stdout + proc.stderr
     # recluster_max_gain: a gain above 1e-12 keeps the labels (the queues are not restarted: still seeded from y0)
     out3 = str(tmp_path / "ssrl_rc_gate")
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *[a.replace(out, out3) for a in args],

@@ -175,3 +175,22 @@ def test_compare_labels_saves_both_objectives(tmp_path, corpus):
     assert "objective" not in initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "c"), 3, progress=False)
     with pytest.raises(ValueError, match="compare_labels"):
         initial_clustering(FakeEmbed(), csv_path, str(tmp_path / "d"), 3, progress=False, compare_labels=truth[:5])
+
+
+def test_given_embeddings_are_clustered_without_a_pass(tmp_path, corpus):
+    """embeddings: rows already computed (a re-clustering from an SSRL epoch's records) are clustered as the
+    computed ones would be (normalised), nothing is embedded, even with the audio gone; wrong shapes refused."""
+    rows, csv_path = corpus
+    embed = FakeEmbed()
+    computed = initial_clustering(embed, csv_path, str(tmp_path / "a"), 3, progress=False, seed=0)
+    from speechbrain_ssrl.initial_clustering import embed_training_set
+
+    _, emb = embed_training_set(FakeEmbed(), csv_path, progress=False)
+    for r in rows:
+        os.remove(r["wav"])  # the given rows need no audio
+    given = initial_clustering(None, csv_path, str(tmp_path / "b"), 3, progress=False, seed=0, embeddings=3.0 * emb)
+    assert torch.equal(given["labels"], computed["labels"])
+    assert torch.allclose(given["centroids"], computed["centroids"], atol=1e-5)
+    assert given["config"]["embeddings"] == "given" and computed["config"]["embeddings"] == "computed"
+    with pytest.raises(ValueError, match="one row per utterance"):
+        initial_clustering(None, csv_path, str(tmp_path / "c"), 3, progress=False, embeddings=emb[:-1])

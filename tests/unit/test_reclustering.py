@@ -8,8 +8,10 @@ from speechbrain_ssrl.pseudo_labels import PseudoLabelState
 from speechbrain_ssrl.reclustering import (
     accepts,
     allows,
+    epoch_embeddings,
     map_onto,
     mean_cosine,
+    recluster_embeddings,
     recluster_epochs,
     recluster_every,
     recluster_if,
@@ -137,3 +139,34 @@ def test_recluster_every_follows_the_run():
     for bad in (-1, 1.5, "2", True, None):
         with pytest.raises(ValueError, match="recluster_every"):
             recluster_every(bad, 2, 10)
+
+
+def test_epoch_embeddings_one_row_per_utterance():
+    """The epoch's records become one normalised row per utterance; an utterance without a record takes its
+    cluster's normalised mean of recorded rows, or its prototype when its cluster has none recorded."""
+    labels = torch.tensor([0, 0, 1, 1, 2, 0])
+    protos = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
+    idx = torch.tensor([3, 0, 2, 1])  # utterances 4 and 5 not seen
+    emb = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    out, filled = epoch_embeddings(idx, emb, labels, protos)
+    assert filled == 2 and out.shape == (6, 3)
+    assert torch.allclose(out.norm(dim=1), torch.ones(6))
+    assert torch.allclose(out[0], torch.tensor([1.0, 0.0, 0.0])) and torch.allclose(out[3], torch.tensor([0.0, 1.0, 0.0]))
+    # utterance 5 (cluster 0): the mean of rows 0 and 1, normalised; utterance 4 (cluster 2, none seen): its prototype
+    mean0 = torch.nn.functional.normalize(out[0] + out[1], dim=0)
+    assert torch.allclose(out[5], mean0) and torch.allclose(out[4], torch.tensor([0.0, 0.0, 1.0]))
+    # a repeated index keeps its last record (a DDP sampler's padding)
+    out2, _ = epoch_embeddings(torch.tensor([0, 0]), torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), labels[:1], protos)
+    assert torch.allclose(out2[0], torch.tensor([0.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="one recorded embedding per index"):
+        epoch_embeddings(idx, emb[:3], labels, protos)
+    with pytest.raises(ValueError, match="one recorded embedding per index"):
+        epoch_embeddings(idx, torch.zeros(4, 0), labels, protos)
+    with pytest.raises(ValueError, match="dimension"):
+        epoch_embeddings(idx, emb, labels, protos[:, :2])
+
+
+def test_recluster_embeddings_checked():
+    assert recluster_embeddings(None) == "pass" and recluster_embeddings("epoch") == "epoch"
+    with pytest.raises(ValueError, match="recluster_embeddings: 'batch'"):
+        recluster_embeddings("batch")
