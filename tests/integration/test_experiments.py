@@ -173,3 +173,22 @@ def test_systems_default_optional_rows_and_pinned_overrides():
     assert {"--recluster_every=0", "--recluster_epochs=[]", "--recluster_if=always"} <= set(ov["supervised"])
     with pytest.raises(SystemExit):
         rx.parse_args(base + ["--variant", "ssrl_no_recluster=--K0=3"])  # a taken name
+
+
+def test_plan_counts_each_variants_reclusterings():
+    """The plan's SSRL estimate adds one clustering pass per scheduled re-clustering of that variant (the MiniVox
+    yaml: after epochs 3-9 of 10; none for ssrl_no_recluster; a listed epoch counts once)."""
+    sys.path.insert(0, RECIPE)
+    try:
+        import run_experiments as rx
+    finally:
+        sys.path.remove(RECIPE)
+    a = rx.parse_args(["--data_folder=/d", "--out=/o", "--systems=ssrl,ssrl_no_recluster,listed",
+                       "--variant", "listed=--recluster_every=0 --recluster_epochs=[4,4,6]"])
+    plan = rx.Plan(a, n_train=2320, n_test_utts=690)
+    counts = {n: plan.reclusterings(list(plan.ov["ssrl"]) + list(args)) for n, _, args in a.variants}
+    assert counts == {"ssrl": 7, "ssrl_no_recluster": 0, "listed": 2}
+    minutes = {r["system"]: r["minutes"] for r in plan.rows()}
+    labels = {n: label[:46] for n, label, _ in a.variants}
+    pass_minutes = (2320 * rx.CPU_ESTIMATES["embed_utt"] + rx.CPU_ESTIMATES["bn_recal"]) / 60
+    assert minutes[labels["ssrl"]] - minutes[labels["ssrl_no_recluster"]] == pytest.approx(7 * pass_minutes)

@@ -258,10 +258,26 @@ class Plan:
             out.append(dict(system=f"iterative baseline ({self.rounds} rounds x {self.epochs_per_round} epochs)",
                             epochs=total, steps=spe["iterative"] * total,
                             minutes=minutes("iterative", total, self.rounds * (clustering + valid + test_eval))))
-        for i, (name, label, _) in enumerate(self.a.variants):  # SSRL also validates its start (epoch 0)
+        for i, (name, label, args) in enumerate(self.a.variants):  # SSRL also validates its start (epoch 0)
+            # and re-clusters at its scheduled epochs (at most: recluster_if may skip some), each a clustering pass
+            n_rc = self.reclusterings(list(self.ov["ssrl"]) + list(args))
             out.append(dict(system=label[:46], epochs=self.ssrl_epochs, steps=spe["ssrl"] * self.ssrl_epochs,
-                            minutes=minutes("ssrl", self.ssrl_epochs, (1 + n_valid(self.ssrl_epochs)) * valid + test_eval)))
+                            minutes=minutes("ssrl", self.ssrl_epochs,
+                                            (1 + n_valid(self.ssrl_epochs)) * valid + test_eval + n_rc * clustering)))
         return out
+
+    def reclusterings(self, overrides: Sequence[str]) -> int:
+        """How many re-clusterings an SSRL run with these overrides schedules (``recluster_epochs`` and
+        ``recluster_every`` of the yaml, as train.py reads them; 0 when the keys are absent)."""
+        import ast
+
+        from speechbrain_ssrl.reclustering import recluster_epochs, recluster_every
+
+        y, n = self.yaml["ssrl"], self.ssrl_epochs
+        listed = ast.literal_eval(yaml_value(y, "recluster_epochs", overrides) or "[]") or []
+        every = int(float(yaml_value(y, "recluster_every", overrides) or 0))
+        fixed = int(float(yaml_value(y, "fixed_label_epochs", overrides) or 0))
+        return len(set(recluster_epochs(listed, n)) | set(recluster_every(every, fixed, n)))
 
     def text(self) -> str:
         rows = self.rows()
