@@ -25,13 +25,14 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # the CI suite: everything but the long end-to-end runs (a small version of each runs here); pytest-xdist runs
-# the tests on every core (-n auto: 2 workers on the 2-core CI machine), each test's torch on 1 thread
+# the tests on every core (-n auto: 2 workers on the 2-core CI machine; worksteal: an idle worker takes queued
+# tests from the other), each test's torch on 1 thread
 test: setup
-	$(PY) -m pytest -q -n auto -m "not slow" tests
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow" tests
 
 # everything, including the long end-to-end runs
 test-all: setup
-	$(PY) -m pytest -q -n auto tests
+	$(PY) -m pytest -q -n auto --dist worksteal tests
 
 demo: setup
 	$(PY) tools/demo.py --data $(DEMO_DIR) --out $(DEMO_OUT)
