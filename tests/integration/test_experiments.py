@@ -173,6 +173,11 @@ def test_systems_default_optional_rows_and_pinned_overrides():
     assert {"--recluster_every=0", "--recluster_epochs=[]", "--recluster_if=always"} <= set(ov["supervised"])
     with pytest.raises(SystemExit):
         rx.parse_args(base + ["--variant", "ssrl_no_recluster=--K0=3"])  # a taken name
+    # --reference: the paired differences' row, one of the SSRL rows that run
+    assert rx.parse_args(base + ["--systems=ssrl_no_queue,v", "--variant", "v=--K0=3", "--reference=v"]).reference == "v"
+    assert rx.parse_args(base).reference is None  # ssrl when it runs, else the first SSRL row
+    with pytest.raises(SystemExit):
+        rx.parse_args(base + ["--systems=ssrl_no_queue", "--reference=ssrl"])
 
 
 def test_plan_counts_each_variants_reclusterings():

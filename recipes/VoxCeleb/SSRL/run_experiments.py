@@ -690,6 +690,9 @@ def parse_args(argv=None):
                     "supervised and every --variant when given)")
     sy.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
                     help="an extra SSRL row: NAME=--key=value[ --key=value ...] (repeatable)")
+    sy.add_argument("--reference", default=None, metavar="NAME",
+                    help="the SSRL row the paired EER differences are taken against (default: ssrl when it runs, else "
+                    "the first SSRL row)")
     sy.add_argument("--supervised", action="store_true",
                     help="add the supervised ceiling: SSRL's model and steps on the true speaker labels, fixed")
     st = ap.add_argument_group("start (label-correction bench, a diagnostic mode)")
@@ -739,6 +742,8 @@ def parse_args(argv=None):
         if bad:
             ap.error(f"--systems: unknown {', '.join(bad)} (known: {', '.join(known)})")
     a.variants = [v for v in a.variants if v[0] in a.systems]
+    if a.reference is not None and a.reference not in [n for n, _, _ in a.variants]:
+        ap.error(f"--reference {a.reference}: not an SSRL row of --systems ({', '.join(n for n, _, _ in a.variants)})")
     if "supervised" in a.systems:
         a.variants.append(("supervised", "Supervised ceiling (true speaker labels, fixed; same steps)",
                            ["--update_labels=False", "--noisy_label_model=False", "--recluster_every=0",
@@ -946,7 +951,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
         systems[n]["reclustered"] = reclustered.get(n)
     order = ["dino"] + [f"iterative_r{r['round']}" for r in rounds] + [n for n, _, _ in a.variants]
     paired = {}
-    reference = "ssrl" if "ssrl" in systems else a.variants[0][0]
+    reference = a.reference or ("ssrl" if "ssrl" in systems else a.variants[0][0])
     ref = os.path.join(eval_dir, reference, f"scores_{main_list}.txt")
     for n in order:
         if n == reference:
