@@ -196,12 +196,13 @@ def initial_clustering(
         raise ValueError(f"k = {k} clusters but {train_csv} has only {len(ids)} utterances")
     if embeddings is not None and tuple(embeddings.shape[:1]) != (len(ids),):
         raise ValueError(f"embeddings must have one row per utterance of {train_csv} ({len(ids)}), got {tuple(embeddings.shape)}")
-    missing = [] if embeddings is not None else [w for w in wavs if not os.path.isfile(w)]
-    if missing and len(missing) == len(wavs):
-        raise FileNotFoundError(
-            f"none of the {len(wavs)} audio files of {train_csv} exists, e.g. {missing[0]}: is the corpus mounted? "
-            "Re-run the data preparation if it moved"
-        )
+    if embeddings is None:  # given embeddings need no audio
+        missing = [w for w in wavs if not os.path.isfile(w)]
+        if len(missing) == len(wavs):
+            raise FileNotFoundError(
+                f"none of the {len(wavs)} audio files of {train_csv} exists, e.g. {missing[0]}: is the corpus mounted? "
+                "Re-run the data preparation if it moved"
+            )
 
     if init == "labels" and init_labels is None:
         raise ValueError("init: labels needs init_labels (the labels whose clusters start k-means)")

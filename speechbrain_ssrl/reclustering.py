@@ -39,6 +39,7 @@ import torch
 
 from speechbrain_ssrl.clustering import mean_cosine
 from speechbrain_ssrl.metrics import contingency, hungarian_pairs
+from speechbrain_ssrl.online_clustering import cluster_means
 
 __all__ = ["RECLUSTER_EMBEDDINGS", "RECLUSTER_IFS", "RECLUSTER_INITS", "accepts", "allows", "epoch_embeddings",
            "map_onto", "mean_cosine", "recluster_embeddings", "recluster_epochs", "recluster_every", "recluster_if",
@@ -121,10 +122,7 @@ def epoch_embeddings(
     out[seen] = emb[last[seen]]
     todo = torch.nonzero(~seen).flatten()
     if todo.numel():
-        sums = torch.zeros(protos.shape[0], emb.shape[1]).index_add_(0, labels[seen], out[seen])
-        counts = torch.bincount(labels[seen], minlength=protos.shape[0])
-        means = torch.where((counts > 0)[:, None], torch.nn.functional.normalize(sums, dim=1), protos)
-        out[todo] = means[labels[todo]]
+        out[todo] = cluster_means(out[seen], labels[seen], protos)[labels[todo]]
     return out, int(todo.numel())
 
 
