@@ -391,11 +391,10 @@ class SSRLBrain(SSLBrainBase):
         if self.true_labels is None:
             return out
         out.update(self.state.diagnostics(self.true_labels))
-        if self.speaker_names is None:  # the ids of views.true_speaker_ids: sorted spk_id of the CSV
-            from speechbrain_ssrl.data.views import read_csv_rows
+        if self.speaker_names is None:  # the names of views.true_speaker_ids' numbers
+            from speechbrain_ssrl.data.views import true_speaker_names
 
-            rows = read_csv_rows(self.hparams.train_annotation)
-            self.speaker_names = sorted({r["spk_id"] for r in rows if r.get("spk_id")})
+            self.speaker_names = true_speaker_names(self.hparams.train_annotation) or []
         names = self.speaker_names
         if len(names) <= int(self.true_labels.max()):
             names = [str(i) for i in range(int(self.true_labels.max()) + 1)]
