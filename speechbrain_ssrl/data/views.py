@@ -185,23 +185,27 @@ def read_csv_rows(csv_path: str) -> List[Dict[str, str]]:
     return rows
 
 
+def _speaker_names(rows: Sequence[Dict[str, str]]) -> Optional[List[str]]:
+    if not rows or "spk_id" not in rows[0] or not all(r.get("spk_id") for r in rows):
+        return None
+    return sorted({r["spk_id"] for r in rows})
+
+
 def true_speaker_names(csv_path: str) -> Optional[List[str]]:
     """The sorted distinct ``spk_id`` values of a prepared CSV: name of true speaker id i is the i-th (the
     numbering of ``true_speaker_ids``); ``None`` when the column is absent or has an empty cell."""
-    rows = read_csv_rows(csv_path)
-    if "spk_id" not in rows[0] or not all(r.get("spk_id") for r in rows):
-        return None
-    return sorted({r["spk_id"] for r in rows})
+    return _speaker_names(read_csv_rows(csv_path))
 
 
 def true_speaker_ids(csv_path: str) -> Optional[torch.Tensor]:
     """Integer true speaker ids of a prepared CSV's rows (the sorted ``spk_id`` values numbered 0..S-1, as named
     by ``true_speaker_names``), for diagnostics only; ``None`` when the column is absent or has an empty cell."""
-    names = true_speaker_names(csv_path)
+    rows = read_csv_rows(csv_path)
+    names = _speaker_names(rows)
     if names is None:
         return None
     number = {s: i for i, s in enumerate(names)}
-    return torch.tensor([number[r["spk_id"]] for r in read_csv_rows(csv_path)], dtype=torch.long)
+    return torch.tensor([number[r["spk_id"]] for r in rows], dtype=torch.long)
 
 
 #: rows tried (the failing one and the next ones, cyclically) before a decoding failure is fatal
