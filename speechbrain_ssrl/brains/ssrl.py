@@ -391,11 +391,7 @@ class SSRLBrain(SSLBrainBase):
         if self.true_labels is None:
             return out
         out.update(self.state.diagnostics(self.true_labels))
-        if self.speaker_names is None:  # the names of views.true_speaker_ids' numbers
-            from speechbrain_ssrl.data.views import true_speaker_names
-
-            self.speaker_names = true_speaker_names(self.hparams.train_annotation) or []
-        names = self.speaker_names
+        names = self.speaker_names or []  # views.true_speaker_names, given with the true labels
         if len(names) <= int(self.true_labels.max()):
             names = [str(i) for i in range(int(self.true_labels.max()) + 1)]
         rows = label_merges(self.state.labels, self.true_labels, names, read_persons(getattr(self.hparams, "data_folder", None)))

@@ -66,6 +66,10 @@ def test_ssrl_epoch_end_relabelling_and_diagnostics(minivox_ci, dino_ci, tmp_pat
     assert max(float(r["hat_changed"]) for r in rows[1:]) > 0.0  # the re-estimated prototypes relabel
     with open(os.path.join(out, "label_merges.csv")) as f:
         assert f.readline().startswith("cluster,n_speakers,same_person_pairs,different_person_pairs,speakers")
+        named = " ".join(line.rstrip("\n").split(",", 4)[4] for line in f)
+    from speechbrain_ssrl.data.views import true_speaker_names  # the speakers are named by the CSV's spk_id
+
+    assert set(named.replace(";", " ").split()) <= set(true_speaker_names(os.path.join(out, "save", "train.csv")))
 
 
 def test_ssrl_sinkhorn_and_release_teacher_rule(minivox_ci, dino_ci, tmp_path):

@@ -206,7 +206,8 @@ def run_ssrl(hparams, run_opts):
     load_encoder(hparams["dino_folder"], hparams["embedding_model"])
     brain = SSRLBrain(**brain_kwargs(hparams, run_opts))
     init = initial_labels(brain, hparams)
-    brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=views.true_speaker_ids(hparams["train_annotation"]))
+    brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=views.true_speaker_ids(hparams["train_annotation"]),
+                              speaker_names=views.true_speaker_names(hparams["train_annotation"]))
     train_data = views.student_teacher_dataset(
         hparams["train_annotation"],
         hparams["crop_sampler"],
@@ -232,7 +233,8 @@ def run_iterative(hparams, run_opts):
         brain = IterativeBrain(**brain_kwargs(rh, run_opts))
         init = initial_labels(brain, rh)
         load_encoder(rh["dino_folder"], rh["embedding_model"])  # every round trains from the DINO initialisation
-        brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=views.true_speaker_ids(rh["train_annotation"]))
+        brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=views.true_speaker_ids(rh["train_annotation"]),
+                                  speaker_names=views.true_speaker_names(rh["train_annotation"]))
         train_data = views.student_teacher_dataset(
             rh["train_annotation"], rh["crop_sampler"], student_seconds=rh["student_seconds"],
             teacher_seconds=rh["teacher_seconds"], sample_rate=rh["sample_rate"],
