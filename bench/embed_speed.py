@@ -1,6 +1,7 @@
 """CPU benchmark of the initial clustering's embedding extraction (files/s): the training CSV's files read
-with the checked reads (views.read_with_fallback) and embedded by a small ECAPA (the MiniVox recipe's:
-C=128, 192-d, Fbank 80 + sentence mean normalisation), with 0 or more DataLoader workers.
+with the checked reads (views.read_with_fallback) and embedded by a small ECAPA (C=128, 192-d, Fbank 80 + sentence
+mean normalisation: the MiniVox recipe's model when the figures below were measured; it is C=64 now), with 0 or more
+DataLoader workers.
 
     python bench/embed_speed.py --train_csv results/.../train.csv --workers 0 2 [--limit 600] [--max_seconds 8]
 
