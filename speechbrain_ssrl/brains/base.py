@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -27,7 +28,13 @@ from speechbrain.utils.distributed import ddp_all_reduce, if_main_process, is_di
 from speechbrain_ssrl.bn_recalibration import recalibrate_bn
 from speechbrain_ssrl.checkpoints import RNGState
 from speechbrain_ssrl.data.views import bad_file_list, clean_crop_batches, read_csv_rows
-from speechbrain_ssrl.export import RECIPE_ARCH_KEYS, latest_checkpoint
+from speechbrain_ssrl.export import (
+    RECIPE_ARCH_KEYS,
+    ExportError,
+    ecapa_kwargs_of,
+    latest_checkpoint,
+    normalize_ecapa_kwargs,
+)
 from speechbrain_ssrl.history import History, plot_history
 
 logger = logging.getLogger(__name__)
@@ -382,6 +389,34 @@ def find_encoder_checkpoint(folder: str) -> str:
     )
 
 
+#: yaml key of each ``ECAPA_TDNN`` argument the recipes set under another name
+_YAML_NAME = {"lin_neurons": "emb_dim", "input_size": "n_mels"}
+
+
+def architecture_fix(ckpt: str, model: torch.nn.Module) -> str:
+    """For a checkpoint exported with an ``ecapa.json`` beside it: which yaml keys differ from ``model``'s
+    architecture and the command-line overrides that would fit it, in one line; "" when that file is
+    missing or unreadable or names no difference."""
+    path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "ecapa.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            theirs = normalize_ecapa_kwargs(json.load(f))
+        ours = ecapa_kwargs_of(model)
+    except (OSError, ValueError, ExportError):
+        return ""
+    keys = [k for k in ("input_size", "lin_neurons") + RECIPE_ARCH_KEYS if theirs.get(k) != ours.get(k)]
+    if not keys:
+        return ""
+
+    def text(v):
+        return str(v).replace(" ", "")
+
+    differs = ", ".join(f"{_YAML_NAME.get(k, k)} {text(theirs[k])} (this yaml: {text(ours[k])})" for k in keys)
+    overrides = " ".join(f"--{_YAML_NAME.get(k, k)}={text(theirs[k])}" for k in keys)
+    return (f"its ecapa.json has {differs}. Fix: pass {overrides} to train from it, or train stage 1 again with "
+            "this recipe's yaml")
+
+
 def load_encoder(folder: str, model: torch.nn.Module) -> str:
     """Loads the teacher of ``folder`` into ``model`` (strict); a clear error on another architecture."""
     path = find_encoder_checkpoint(folder)
@@ -389,6 +424,9 @@ def load_encoder(folder: str, model: torch.nn.Module) -> str:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
+        fix = architecture_fix(path, model)
+        if fix:
+            raise RuntimeError(f"{path} does not fit this recipe's encoder (different architecture): {fix}") from None
         raise RuntimeError(
             f"{path} does not fit this recipe's encoder (different architecture: check channels / emb_dim "
             f"against the DINO run's yaml):\n{e}"
