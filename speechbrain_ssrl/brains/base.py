@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from speechbrain_ssrl.export import (
     RECIPE_ARCH_KEYS,
     ExportError,
     ecapa_kwargs_of,
+    find_ecapa_kwargs,
     latest_checkpoint,
     normalize_ecapa_kwargs,
 )
@@ -394,13 +394,15 @@ _YAML_NAME = {"lin_neurons": "emb_dim", "input_size": "n_mels"}
 
 
 def architecture_fix(ckpt: str, model: torch.nn.Module) -> str:
-    """For a checkpoint exported with an ``ecapa.json`` beside it: which yaml keys differ from ``model``'s
-    architecture and the command-line overrides that would fit it, in one line; "" when that file is
-    missing or unreadable or names no difference."""
-    path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "ecapa.json")
+    """For a checkpoint whose architecture is recorded (``export.find_ecapa_kwargs``: the export's ``ecapa.json``,
+    or the training ``hyperparams.yaml`` above ``save/``): which yaml keys differ from ``model``'s architecture and
+    the command-line overrides that would fit it, in one line; "" when none is found or readable or it names no
+    difference."""
     try:
-        with open(path, encoding="utf-8") as f:
-            theirs = normalize_ecapa_kwargs(json.load(f))
+        found = find_ecapa_kwargs(ckpt)
+        if found is None:
+            return ""
+        theirs = normalize_ecapa_kwargs(found)
         ours = ecapa_kwargs_of(model)
     except (OSError, ValueError, ExportError):
         return ""
@@ -413,7 +415,7 @@ def architecture_fix(ckpt: str, model: torch.nn.Module) -> str:
 
     differs = ", ".join(f"{_YAML_NAME.get(k, k)} {text(theirs[k])} (this yaml: {text(ours[k])})" for k in keys)
     overrides = " ".join(f"--{_YAML_NAME.get(k, k)}={text(theirs[k])}" for k in keys)
-    return (f"its ecapa.json has {differs}. Fix: pass {overrides} to train from it, or train stage 1 again with "
+    return (f"the DINO run's recorded architecture has {differs}. Fix: pass {overrides} to train from it, or train stage 1 again with "
             "this recipe's yaml")
 
 

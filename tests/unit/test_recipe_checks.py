@@ -8,7 +8,7 @@ import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
 from speechbrain_ssrl import recipe_checks as rc
-from speechbrain_ssrl.export import ecapa_kwargs_of, normalize_ecapa_kwargs
+from speechbrain_ssrl.export import ecapa_kwargs_of
 
 torch.set_num_threads(1)
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "VoxCeleb", "SSRL")
@@ -75,13 +75,13 @@ def test_teacher_checks(tmp_path):
     with pytest.raises(rc.RefusedError, match="different architecture"):
         rc.check_teacher({"stage": "ssrl", "dino_folder": str(tmp_path), "embedding_model": model})
     # an exported teacher (ecapa.json beside it): the refusal names the differing keys and the overrides that fit
-    (tmp_path / "ecapa.json").write_text(json.dumps(normalize_ecapa_kwargs(ecapa_kwargs_of(_tiny(48)))))
+    (tmp_path / "ecapa.json").write_text(json.dumps(ecapa_kwargs_of(_tiny(48))))
     with pytest.raises(rc.RefusedError) as e:
         rc.check_teacher({"stage": "ssrl", "dino_folder": str(tmp_path), "embedding_model": model})
     msg = str(e.value)
     assert "channels [48,48,48,48,144] (this yaml: [32,32,32,32,96])" in msg and "\n" not in msg
     assert "Fix: pass --channels=[48,48,48,48,144] to train from it" in msg and "attention_channels" not in msg
-    (tmp_path / "ecapa.json").write_text(json.dumps(normalize_ecapa_kwargs(ecapa_kwargs_of(_tiny(32)))))
+    (tmp_path / "ecapa.json").write_text(json.dumps(ecapa_kwargs_of(_tiny(32))))
     with pytest.raises(rc.RefusedError, match="check channels / emb_dim"):  # ecapa.json that names no difference
         rc.check_teacher({"stage": "ssrl", "dino_folder": str(tmp_path), "embedding_model": model})
     (tmp_path / "ecapa.json").unlink()
