@@ -191,6 +191,17 @@ def _speaker_names(rows: Sequence[Dict[str, str]]) -> Optional[List[str]]:
     return sorted({r["spk_id"] for r in rows})
 
 
+def true_speakers(csv_path: str) -> Tuple[Optional[torch.Tensor], Optional[List[str]]]:
+    """``(true_speaker_ids, true_speaker_names)`` of a prepared CSV from one read of it (diagnostics only);
+    ``(None, None)`` when the ``spk_id`` column is absent or has an empty cell."""
+    rows = read_csv_rows(csv_path)
+    names = _speaker_names(rows)
+    if names is None:
+        return None, None
+    number = {s: i for i, s in enumerate(names)}
+    return torch.tensor([number[r["spk_id"]] for r in rows], dtype=torch.long), names
+
+
 def true_speaker_names(csv_path: str) -> Optional[List[str]]:
     """The sorted distinct ``spk_id`` values of a prepared CSV: name of true speaker id i is the i-th (the
     numbering of ``true_speaker_ids``); ``None`` when the column is absent or has an empty cell."""
@@ -200,12 +211,7 @@ def true_speaker_names(csv_path: str) -> Optional[List[str]]:
 def true_speaker_ids(csv_path: str) -> Optional[torch.Tensor]:
     """Integer true speaker ids of a prepared CSV's rows (the sorted ``spk_id`` values numbered 0..S-1, as named
     by ``true_speaker_names``), for diagnostics only; ``None`` when the column is absent or has an empty cell."""
-    rows = read_csv_rows(csv_path)
-    names = _speaker_names(rows)
-    if names is None:
-        return None
-    number = {s: i for i, s in enumerate(names)}
-    return torch.tensor([number[r["spk_id"]] for r in rows], dtype=torch.long)
+    return true_speakers(csv_path)[0]
 
 
 #: rows tried (the failing one and the next ones, cyclically) before a decoding failure is fatal

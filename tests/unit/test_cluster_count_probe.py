@@ -43,12 +43,15 @@ def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
 
 
 def test_true_speaker_ids_numbers_the_sorted_speakers(tmp_path):
-    from speechbrain_ssrl.data.views import true_speaker_ids, true_speaker_names
+    from speechbrain_ssrl.data.views import true_speaker_ids, true_speaker_names, true_speakers
 
     path = tmp_path / "train.csv"
     path.write_text("ID,duration,wav,start,stop,spk_id\na,1,a.wav,0,1,id2\nb,1,b.wav,0,1,id1\nc,1,c.wav,0,1,id2\n")
     assert true_speaker_ids(str(path)).tolist() == [1, 0, 1]
     assert true_speaker_names(str(path)) == ["id1", "id2"]  # id i is named by the i-th (label_merges.csv)
+    ids, names = true_speakers(str(path))  # both from one read (train.py)
+    assert ids.tolist() == [1, 0, 1] and names == ["id1", "id2"]
     path.write_text("ID,duration,wav,start,stop,spk_id\na,1,a.wav,0,1,id2\nb,1,b.wav,0,1,\n")
     assert true_speaker_ids(str(path)) is None  # an empty cell: no diagnostics
     assert true_speaker_names(str(path)) is None
+    assert true_speakers(str(path)) == (None, None)

@@ -206,8 +206,8 @@ def run_ssrl(hparams, run_opts):
     load_encoder(hparams["dino_folder"], hparams["embedding_model"])
     brain = SSRLBrain(**brain_kwargs(hparams, run_opts))
     init = initial_labels(brain, hparams)
-    brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=views.true_speaker_ids(hparams["train_annotation"]),
-                              speaker_names=views.true_speaker_names(hparams["train_annotation"]))
+    true_ids, true_names = views.true_speakers(hparams["train_annotation"])  # diagnostics only
+    brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=true_ids, speaker_names=true_names)
     train_data = views.student_teacher_dataset(
         hparams["train_annotation"],
         hparams["crop_sampler"],
@@ -233,8 +233,8 @@ def run_iterative(hparams, run_opts):
         brain = IterativeBrain(**brain_kwargs(rh, run_opts))
         init = initial_labels(brain, rh)
         load_encoder(rh["dino_folder"], rh["embedding_model"])  # every round trains from the DINO initialisation
-        brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=views.true_speaker_ids(rh["train_annotation"]),
-                                  speaker_names=views.true_speaker_names(rh["train_annotation"]))
+        true_ids, true_names = views.true_speakers(rh["train_annotation"])  # diagnostics only
+        brain.setup_pseudo_labels(init["labels"], init["centroids"], true_labels=true_ids, speaker_names=true_names)
         train_data = views.student_teacher_dataset(
             rh["train_annotation"], rh["crop_sampler"], student_seconds=rh["student_seconds"],
             teacher_seconds=rh["teacher_seconds"], sample_rate=rh["sample_rate"],
