@@ -3,7 +3,8 @@
 
 Every step is a command a user could type (shown in the log); each is skipped when its output is
 complete and resumes from its checkpoint when interrupted, so re-running the demo continues where it
-stopped. Prints and writes a results table (``<out>/results.md``, ``<out>/results.json``) with EER ±
+stopped. A training folder records what made it (``demo_step.json``: the train.py arguments and the yaml's
+digest); one made by other settings (e.g. an older yaml) is refused, never reused or mixed. Prints and writes a results table (``<out>/results.md``, ``<out>/results.json``) with EER ±
 leave-one-test-speaker-out standard error, minDCF, the pseudo-label quality (NMI, purity, clusters, the most
 true speakers in one cluster) and wall times (``<out>/timings.json``: each step's time as it ran, kept when a
 later invocation skips it). Uses the GPU when one is present.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -69,6 +71,42 @@ def save_timings(out, timings):
     os.replace(tmp, os.path.join(out, "timings.json"))
 
 
+#: the record of what made a training step's folder (arguments + yaml digest)
+STEP_STAMP = "demo_step.json"
+
+
+def step_stamp(args):
+    """What a training step's output depends on: its train.py arguments (yaml first, without the output folder)
+    and the text of that yaml (a pulled change to the MiniVox yamls makes an older demo folder another model)."""
+    with open(os.path.join(RECIPE, args[0]), "rb") as f:
+        return {"train_args": list(args), "yaml_sha256": hashlib.sha256(f.read()).hexdigest()}
+
+
+def claim_step_folder(folder, stamp, fix):
+    """Refuses, in one line, a step folder that another demo's settings made (its ``demo_step.json`` differs, or it
+    has none: a demo from before that file, whose settings cannot be checked); else records ``stamp`` in it."""
+    path = os.path.join(folder, STEP_STAMP)
+    if os.path.exists(path):
+        old = load_json(path)
+        if old == stamp:
+            return
+        what = []
+        if old.get("yaml_sha256") != stamp["yaml_sha256"]:
+            what.append(f"{stamp['train_args'][0]} changed since")
+        new_args, old_args = stamp["train_args"][1:], old.get("train_args", [])[1:]
+        changed = [a for a in new_args if a not in old_args] + [f"(was {a})" for a in old_args if a not in new_args]
+        if changed:
+            what.append("arguments " + " ".join(changed))
+        raise SystemExit(f"{folder} was made by other demo settings ({'; '.join(what) or STEP_STAMP + ' differs'}): "
+                         f"{fix}")
+    if os.path.isdir(folder) and os.listdir(folder):
+        raise SystemExit(f"{folder} is an older demo's output without {STEP_STAMP} (its settings cannot be checked "
+                         f"against today's yaml): {fix}")
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(stamp, f, indent=2)
+
+
 def last(rows, key):
     """The last non-empty value of ``key`` in a history."""
     vals = [r.get(key) for r in rows if r.get(key) not in (None, "")]
@@ -108,6 +146,18 @@ def main():
         timings[name] = seconds
         save_timings(out, timings)
 
+    common = [f"--data_folder={data}", f"--device={device}", f"--precision={precision}",
+              f"--validate_every={a.validate_every}"] + list(a.extra)
+    runs = {
+        "random_init": ["hparams/minivox/dino_ecapa.yaml", "--export_untrained=True", "--number_of_epochs=0"],
+        "dino": ["hparams/minivox/dino_ecapa.yaml"] + ([f"--number_of_epochs={a.dino_epochs}"] if a.dino_epochs else []),
+        "ssrl": ["hparams/minivox/ssrl_ecapa.yaml", f"--dino_folder={os.path.join(out, 'dino')}"]
+        + ([f"--number_of_epochs={a.ssrl_epochs}"] if a.ssrl_epochs else []),
+    }
+    # every training folder is checked before anything runs (a refusal costs no step)
+    fix = f"remove {out} (make clean-demo) to run the demo afresh, or pass another --out"
+    for name, args in runs.items():
+        claim_step_folder(os.path.join(out, name), step_stamp([*args[:1], *common, *args[1:]]), fix)
     # 1. corpus (the builder leaves a complete build untouched: only a build that ran is timed)
     info = os.path.join(data, "build_info.json")
     built = os.path.exists(info) and bool(load_json(info).get("complete"))
@@ -119,14 +169,6 @@ def main():
     if not os.path.exists(mfcc_json):
         step("mfcc", sh([py, "-m", "speechbrain_ssrl.baselines", "--data_folder", data, "--out", mfcc_json,
                          "--scores", os.path.join(out, "mfcc", "scores_veri_test2.txt")], log=log))
-    common = [f"--data_folder={data}", f"--device={device}", f"--precision={precision}",
-              f"--validate_every={a.validate_every}"] + list(a.extra)
-    runs = {
-        "random_init": ["hparams/minivox/dino_ecapa.yaml", "--export_untrained=True", "--number_of_epochs=0"],
-        "dino": ["hparams/minivox/dino_ecapa.yaml"] + ([f"--number_of_epochs={a.dino_epochs}"] if a.dino_epochs else []),
-        "ssrl": ["hparams/minivox/ssrl_ecapa.yaml", f"--dino_folder={os.path.join(out, 'dino')}"]
-        + ([f"--number_of_epochs={a.ssrl_epochs}"] if a.ssrl_epochs else []),
-    }
     results = {}
     for name, args in runs.items():
         folder = os.path.join(out, name)

@@ -66,3 +66,23 @@ def test_table_reads_the_ssrl_history_and_keeps_earlier_step_times(demo, tmp_pat
     assert saved["timings_seconds"] == timings and set(saved["paired_differences"]) == {
         "ssrl - dino", "ssrl - mfcc", "dino - mfcc", "dino - random_init"}
     assert (out / "results.md").read_text().strip() == table
+
+
+def test_a_step_folder_made_by_other_settings_is_refused(demo, tmp_path):
+    fix = "remove it"
+    stamp = demo.step_stamp(["hparams/minivox/dino_ecapa.yaml", "--data_folder=/d", "--validate_every=5"])
+    assert len(stamp["yaml_sha256"]) == 64
+    folder = tmp_path / "dino"
+    demo.claim_step_folder(str(folder), stamp, fix)  # a new folder records what makes it
+    assert json.loads((folder / demo.STEP_STAMP).read_text()) == stamp
+    demo.claim_step_folder(str(folder), stamp, fix)  # the same settings: resumed or reused
+    other = dict(stamp, train_args=stamp["train_args"] + ["--number_of_epochs=6"])
+    with pytest.raises(SystemExit, match=r"dino was made by other demo settings \(arguments --number_of_epochs=6\): remove it"):
+        demo.claim_step_folder(str(folder), other, fix)
+    edited = dict(stamp, yaml_sha256="0" * 64)  # a pulled change to the yaml
+    with pytest.raises(SystemExit, match=r"hparams/minivox/dino_ecapa.yaml changed since\): remove it"):
+        demo.claim_step_folder(str(folder), edited, fix)
+    old = tmp_path / "old_dino"  # a demo from before demo_step.json: not reused
+    (old / "pretrained").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"old_dino is an older demo's output without demo_step.json"):
+        demo.claim_step_folder(str(old), stamp, fix)
