@@ -4,10 +4,11 @@
 Every step is a command a user could type (shown in the log); each is skipped when its output is
 complete and resumes from its checkpoint when interrupted, so re-running the demo continues where it
 stopped. A training folder records what made it (``demo_step.json``: the train.py arguments and the yaml's
-digest); one made by other settings (e.g. an older yaml) is refused, never reused or mixed. Prints and writes a results table (``<out>/results.md``, ``<out>/results.json``) with EER ±
-leave-one-test-speaker-out standard error, minDCF, the pseudo-label quality (NMI, purity, clusters, the most
-true speakers in one cluster) and wall times (``<out>/timings.json``: each step's time as it ran, kept when a
-later invocation skips it). Uses the GPU when one is present.
+digest); one made by other settings (e.g. an older yaml) is refused, never reused or mixed. Prints and writes a
+results table (``<out>/results.md``, ``<out>/results.json``) with EER ± leave-one-test-speaker-out standard error,
+minDCF, the pseudo-label quality (NMI, purity, clusters, the most true speakers in one cluster) and wall times
+(``<out>/timings.json``: each step's time as it ran, kept when a later invocation skips it). Uses the GPU when one is
+present.
 """
 
 from __future__ import annotations
