@@ -149,16 +149,17 @@ def main():
 
     common = [f"--data_folder={data}", f"--device={device}", f"--precision={precision}",
               f"--validate_every={a.validate_every}"] + list(a.extra)
-    runs = {
+    runs = {  # name -> train.py arguments (the yaml first; the output folder is added when it runs)
         "random_init": ["hparams/minivox/dino_ecapa.yaml", "--export_untrained=True", "--number_of_epochs=0"],
         "dino": ["hparams/minivox/dino_ecapa.yaml"] + ([f"--number_of_epochs={a.dino_epochs}"] if a.dino_epochs else []),
         "ssrl": ["hparams/minivox/ssrl_ecapa.yaml", f"--dino_folder={os.path.join(out, 'dino')}"]
         + ([f"--number_of_epochs={a.ssrl_epochs}"] if a.ssrl_epochs else []),
     }
+    runs = {name: [args[0], *common, *args[1:]] for name, args in runs.items()}
     # every training folder is checked before anything runs (a refusal costs no step)
     fix = f"remove {out} (make clean-demo) to run the demo afresh, or pass another --out"
     for name, args in runs.items():
-        claim_step_folder(os.path.join(out, name), step_stamp([*args[:1], *common, *args[1:]]), fix)
+        claim_step_folder(os.path.join(out, name), step_stamp(args), fix)
     # 1. corpus (the builder leaves a complete build untouched: only a build that ran is timed)
     info = os.path.join(data, "build_info.json")
     built = os.path.exists(info) and bool(load_json(info).get("complete"))
@@ -174,7 +175,7 @@ def main():
     for name, args in runs.items():
         folder = os.path.join(out, name)
         if not os.path.exists(os.path.join(folder, "pretrained", "embedding_model.ckpt")):
-            step(f"train_{name}", sh([py, "train.py", args[0], f"--output_folder={folder}", *common, *args[1:]], cwd=RECIPE, log=log))
+            step(f"train_{name}", sh([py, "train.py", args[0], f"--output_folder={folder}", *args[1:]], cwd=RECIPE, log=log))
         res_json = os.path.join(folder, "results.json")
         if not os.path.exists(res_json):
             step(f"eval_{name}", sh([py, "evaluate.py", "hparams/verification.yaml", f"--model={folder}/pretrained",

@@ -415,8 +415,8 @@ def architecture_fix(ckpt: str, model: torch.nn.Module) -> str:
 
     differs = ", ".join(f"{_YAML_NAME.get(k, k)} {text(theirs[k])} (this yaml: {text(ours[k])})" for k in keys)
     overrides = " ".join(f"--{_YAML_NAME.get(k, k)}={text(theirs[k])}" for k in keys)
-    return (f"the DINO run's recorded architecture has {differs}. Fix: pass {overrides} to train from it, or train stage 1 again with "
-            "this recipe's yaml")
+    return (f"the DINO run's recorded architecture has {differs}. Fix: pass {overrides} to train from it, or train "
+            "stage 1 again with this recipe's yaml")
 
 
 def load_encoder(folder: str, model: torch.nn.Module) -> str:
