@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPE = os.path.join(REPO, "recipes", "VoxCeleb", "SSRL")
 
@@ -32,3 +35,20 @@ def run_recipe(script, yaml, *args, timeout=600, check=True):
 def history(folder):
     with open(os.path.join(folder, "history.csv"), newline="") as f:
         return list(csv.DictReader(f))
+
+
+def assert_same(a, b, path="", rtol=0.0, atol=0.0):
+    """Two checkpoint states (nested dicts of tensors, numbers, ...) are equal; exact unless rtol / atol are given."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}.{k}", rtol, atol)
+    elif isinstance(a, torch.Tensor):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=path)
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=max(rtol, 1e-12), abs=atol), path
+    else:
+        assert a == b, path

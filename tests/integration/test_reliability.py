@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from recipe_utils import RECIPE, history
+from recipe_utils import RECIPE, assert_same, history
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WRAPPER = os.path.join(HERE, "fault_injection.py")
@@ -90,22 +90,6 @@ def load(folder, name):
 def brain_state(folder):
     with open(os.path.join(folder, "brain.ckpt")) as f:
         return yaml.safe_load(f)
-
-
-def assert_same(a, b, path="", rtol=0.0, atol=0.0):
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            assert_same(a[k], b[k], f"{path}.{k}", rtol, atol)
-    elif isinstance(a, torch.Tensor):
-        if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=path)
-        else:
-            assert torch.equal(a, b), path
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=max(rtol, 1e-12), abs=atol), path
-    else:
-        assert a == b, path
 
 
 def test_sigkill_mid_save_and_mid_epoch_then_resume_equals_uninterrupted(minivox_ci, teacher, reference, tmp_path):

@@ -9,17 +9,11 @@ import os
 
 import torch
 
-from recipe_utils import TINY_DINO, TINY_ECAPA, history, run_recipe
+from recipe_utils import TINY_DINO, TINY_ECAPA, assert_same, history, run_recipe
 
 
 def _weights(folder):
     return torch.load(os.path.join(folder, "pretrained", "embedding_model.ckpt"), map_location="cpu", weights_only=True)
-
-
-def _same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def test_dino_validation_does_not_change_the_model(minivox_ci, dino_ci, tmp_path):
@@ -29,7 +23,7 @@ def test_dino_validation_does_not_change_the_model(minivox_ci, dino_ci, tmp_path
     run_recipe("train.py", "hparams/minivox/dino_ecapa.yaml", f"--data_folder={minivox_ci}", f"--output_folder={out}",
                "--number_of_epochs=1", "--validate_every=0", *TINY_DINO)
     assert history(out)[-1].get("eer", "") == ""
-    _same(_weights(out), _weights(dino_ci))
+    assert_same(_weights(out), _weights(dino_ci))
 
 
 def test_ssrl_validation_does_not_change_the_model_or_the_labels(minivox_ci, dino_ci, tmp_path):
@@ -41,6 +35,6 @@ def test_ssrl_validation_does_not_change_the_model_or_the_labels(minivox_ci, din
                    f"--validate_every={every}", *TINY_ECAPA)
         runs[every] = out
     assert history(runs[1])[-1]["eer"] != "" and history(runs[0])[-1].get("eer", "") == ""
-    _same(_weights(runs[1]), _weights(runs[0]))
+    assert_same(_weights(runs[1]), _weights(runs[0]))
     for key in ("nmi", "purity", "n_clusters", "labels_changed", "loss"):
         assert [r[key] for r in history(runs[1])] == [r[key] for r in history(runs[0])], key
