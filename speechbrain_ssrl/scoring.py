@@ -446,14 +446,35 @@ def read_score_file(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return np.array(a), np.array(b), np.array(lab), np.array(sc)
 
 
+def _same_trials(x: Tuple[np.ndarray, ...], ref: Tuple[np.ndarray, ...], where: str) -> None:
+    """Refuse two ``read_score_file`` results that do not list the same trials in the same order."""
+    if not (np.array_equal(x[2], ref[2]) and np.array_equal(x[0], ref[0]) and np.array_equal(x[1], ref[1])):
+        raise ValueError(f"{where} do not score the same trials in the same order")
+
+
+def _paired_mean(pairs: Sequence[Tuple[Tuple[np.ndarray, ...], Tuple[np.ndarray, ...]]], where: str
+                 ) -> Tuple[float, float, List[float]]:
+    """Mean over ``pairs`` of EER(x) − EER(ref) (``read_score_file`` results, all of one trial list), with the
+    leave-one-test-speaker-out SE of that mean: each left-out speaker removes its trials from every pair at once,
+    so the SE counts the test speakers once however many training seeds are averaged (it does not measure the
+    spread between seeds: the per-pair values are returned for that)."""
+    if not pairs:
+        raise ValueError("no pair of score files given")
+    first = pairs[0][0]
+    stats = []
+    for x, ref in pairs:
+        _same_trials(x, ref, where)
+        _same_trials(x, first, where)
+        stats.append((_fast_eer_stat(x[3], x[2]), _fast_eer_stat(ref[3], ref[2])))
+    everything = np.ones(len(first[2]), dtype=bool)
+    per_pair = [float(fx(everything) - fr(everything)) for fx, fr in stats]
+    value, se, _ = leave_one_speaker_out(lambda m: float(np.mean([fx(m) - fr(m) for fx, fr in stats])), first[0], first[1])
+    return value, se, per_pair
+
+
 def _paired(x: Tuple[np.ndarray, ...], ref: Tuple[np.ndarray, ...], where: str) -> Tuple[float, float]:
     """``paired_eer_difference`` of two ``read_score_file`` results (``where`` names them in the refusal)."""
-    a, b, lx, sx = x
-    a2, b2, lr, sr = ref
-    if not (np.array_equal(lx, lr) and np.array_equal(a, a2) and np.array_equal(b, b2)):
-        raise ValueError(f"{where} do not score the same trials in the same order")
-    fx, fr = _fast_eer_stat(sx, lx), _fast_eer_stat(sr, lr)
-    value, se, _ = leave_one_speaker_out(lambda m: fx(m) - fr(m), a, b)
+    value, se, _ = _paired_mean([(x, ref)], where)
     return value, se
 
 
@@ -463,20 +484,40 @@ def paired_eer_difference(scores_x: str, scores_ref: str) -> Tuple[float, float]
     return _paired(read_score_file(scores_x), read_score_file(scores_ref), f"{scores_x} and {scores_ref}")
 
 
+def paired_eer_difference_over_seeds(pairs: Sequence[Tuple[str, str]]) -> Tuple[float, float, List[float]]:
+    """The mean over training seeds of EER(x) − EER(ref): ``pairs`` = one (x, ref) pair of score files per seed,
+    all of the same trial list. Returns (mean difference in points, its leave-one-test-speaker-out SE, the
+    per-seed differences). With one pair it is :func:`paired_eer_difference`."""
+    where = "the score files " + ", ".join(f"{x} / {r}" for x, r in pairs)
+    return _paired_mean([(read_score_file(x), read_score_file(r)) for x, r in pairs], where)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m speechbrain_ssrl.scoring X REF``: the paired EER difference of two ``evaluate.py`` score files."""
+    """``python -m speechbrain_ssrl.scoring X REF [X2 REF2 ...]``: the paired EER difference of two ``evaluate.py``
+    score files; with several pairs (one per training seed, same trials) the mean over the pairs."""
     import argparse
     import json
 
     ap = argparse.ArgumentParser(prog="python -m speechbrain_ssrl.scoring",
-                                 description="EER(X) - EER(REF) on the same trials, with its leave-one-speaker-out SE")
-    ap.add_argument("x", help="scores_<list>.txt of system X (evaluate.py)")
-    ap.add_argument("ref", help="scores_<list>.txt of the reference system, same trials")
+                                 description="EER(X) - EER(REF) on the same trials, with its leave-one-speaker-out SE; "
+                                 "several X REF pairs (one per training seed): their mean difference, the SE leaving "
+                                 "each test speaker out of every pair at once")
+    ap.add_argument("files", nargs="+", metavar="X REF",
+                    help="scores_<list>.txt of system X and of the reference (evaluate.py), then more pairs")
     a = ap.parse_args(argv)
-    x, ref = read_score_file(a.x), read_score_file(a.ref)
-    d, se = _paired(x, ref, f"{a.x} and {a.ref}")
-    print(json.dumps({"eer_x": eer_of_trials(x[3], x[2]), "eer_ref": eer_of_trials(ref[3], ref[2]), "diff": d, "se": se,
-                      "holds": bool(abs(d) > 2 * se), "n_trials": int(len(x[2]))}, indent=1))
+    if len(a.files) % 2:
+        ap.error(f"{len(a.files)} score files: give them in pairs X REF (one pair per training seed)")
+    names = list(zip(a.files[0::2], a.files[1::2]))
+    pairs = [(read_score_file(x), read_score_file(r)) for x, r in names]
+    d, se, per = _paired_mean(pairs, "the score files " + ", ".join(f"{x} / {r}" for x, r in names))
+    out = {"eer_x": eer_of_trials(pairs[0][0][3], pairs[0][0][2]), "eer_ref": eer_of_trials(pairs[0][1][3], pairs[0][1][2]),
+           "diff": d, "se": se, "holds": bool(abs(d) > 2 * se), "n_trials": int(len(pairs[0][0][2]))}
+    if len(pairs) > 1:
+        out = {"eer_x": [eer_of_trials(x[3], x[2]) for x, _ in pairs], "eer_ref": [eer_of_trials(r[3], r[2]) for _, r in pairs],
+               "diff_per_pair": per, "diff": d, "se": se, "holds": bool(abs(d) > 2 * se),
+               "same_sign_every_pair": bool(all(v < 0 for v in per) or all(v > 0 for v in per)),
+               "n_pairs": len(pairs), "n_trials": int(len(pairs[0][0][2]))}
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

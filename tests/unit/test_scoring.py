@@ -187,3 +187,46 @@ def test_paired_eer_difference_of_two_score_files(tmp_path, capsys):
     (tmp_path / "other.txt").write_text("".join(lines_r[:-1]))
     with pytest.raises(ValueError, match="do not score the same trials"):
         paired_eer_difference(str(tmp_path / "x.txt"), str(tmp_path / "other.txt"))
+
+
+def test_paired_eer_difference_over_seeds(tmp_path, capsys):
+    """Several (x, ref) pairs of one trial list: the mean of the per-pair differences, with the SE of a jackknife
+    that leaves each test speaker out of every pair at once (one pair = paired_eer_difference)."""
+    import json
+
+    from speechbrain_ssrl.scoring import leave_one_speaker_out, main, paired_eer_difference, paired_eer_difference_over_seeds
+    from speechbrain_ssrl.scoring import eer_of_trials, read_score_file
+
+    rng = np.random.default_rng(1)
+    trials = [(f"id{k % 9:02d}/v/1.wav", f"id{(k * 4 + 1) % 9:02d}/w/2.wav", int(k % 3 == 0)) for k in range(450)]
+    files = {}
+    for name, gap in [("x1", 1.2), ("r1", 0.6), ("x2", 1.0), ("r2", 0.9)]:
+        files[name] = str(tmp_path / f"{name}.txt")
+        with open(files[name], "w") as f:
+            f.writelines(f"{a} {b} {lab} {rng.normal(gap * lab, 1.0):.5f}\n" for a, b, lab in trials)
+    d1, se1 = paired_eer_difference(files["x1"], files["r1"])
+    d2, _ = paired_eer_difference(files["x2"], files["r2"])
+    assert paired_eer_difference_over_seeds([(files["x1"], files["r1"])])[:2] == pytest.approx((d1, se1), abs=1e-12)
+    mean, se, per = paired_eer_difference_over_seeds([(files["x1"], files["r1"]), (files["x2"], files["r2"])])
+    assert per == pytest.approx([d1, d2], abs=1e-12) and mean == pytest.approx((d1 + d2) / 2, abs=1e-12)
+    # the SE is the jackknife of the seed mean over the test speakers (computed here the slow way)
+    sc = {n: read_score_file(p) for n, p in files.items()}
+    a, b, lab, _ = sc["x1"]
+
+    def stat(m):
+        return np.mean([eer_of_trials(sc[x][3][m], lab[m]) - eer_of_trials(sc[r][3][m], lab[m]) for x, r in [("x1", "r1"), ("x2", "r2")]])
+
+    assert se == pytest.approx(leave_one_speaker_out(stat, a, b)[1], abs=1e-9) and se > 0
+    main([files["x1"], files["r1"], files["x2"], files["r2"]])
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_pairs"] == 2 and out["diff"] == pytest.approx(mean) and out["diff_per_pair"] == pytest.approx([d1, d2])
+    assert out["holds"] == bool(abs(mean) > 2 * se)
+    with pytest.raises(SystemExit):
+        main([files["x1"], files["r1"], files["x2"]])
+    assert "in pairs X REF" in capsys.readouterr().err
+    (tmp_path / "short.txt").write_text("".join(open(files["r2"]).readlines()[:-1]))
+    with pytest.raises(ValueError, match="do not score the same trials"):
+        paired_eer_difference_over_seeds([(files["x1"], files["r1"]), (files["x2"], str(tmp_path / "short.txt"))])
+    short = str(tmp_path / "short.txt")
+    with pytest.raises(ValueError, match="do not score the same trials"):  # a pair of another trial list
+        paired_eer_difference_over_seeds([(files["x1"], files["r1"]), (short, short)])

@@ -632,11 +632,7 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
 
 def update_readme(res: Dict, out: str, readme: str, marker: str, assets: str) -> str:
     """Copies results.md/json and plots/ to ``<README folder>/<assets>`` and replaces the README's section."""
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    with open(readme, encoding="utf-8") as f:
-        text = f.read()
-    if start not in text or end not in text or text.index(start) > text.index(end):
-        raise SystemExit(f"{readme} has no section {start} ... {end}")
+    readme_section(readme, marker)  # refuses a README without the section before anything is copied
     dest = os.path.join(os.path.dirname(os.path.abspath(readme)), assets)
     os.makedirs(os.path.join(dest, "plots"), exist_ok=True)
     for f in ("results.md", "results.json"):
@@ -644,11 +640,21 @@ def update_readme(res: Dict, out: str, readme: str, marker: str, assets: str) ->
     for f in os.listdir(os.path.join(out, "plots")):
         if f.endswith(".png"):
             shutil.copy2(os.path.join(out, "plots", f), os.path.join(dest, "plots", f))
-    body = report_markdown(res, plot_prefix=f"{assets}/plots/", heading="###")
-    new = text[: text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):]
-    with open(readme, "w", encoding="utf-8") as f:
-        f.write(new)
+    readme_section(readme, marker, report_markdown(res, plot_prefix=f"{assets}/plots/", heading="###"))
     return readme
+
+
+def readme_section(readme: str, marker: str, body: Optional[str] = None) -> None:
+    """Replaces the README's section ``<!-- marker:start -->`` ... ``<!-- marker:end -->`` with ``body``; with
+    ``body`` None only checks that the section exists (refused in one line otherwise)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise SystemExit(f"{readme} has no section {start} ... {end}: add the two marker lines where the table goes")
+    if body is not None:
+        with open(readme, "w", encoding="utf-8") as f:
+            f.write(text[: text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):])
 
 
 # --------------------------------------------------------------------------------------------------
