@@ -364,8 +364,43 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # the fused Triton kernel's logic, in Triton's CPU interpreter (the GPU run is in bench/kmeans.py)
 # ------------------------------------------------------------------------------------------------
+_INTERPRETER_PROBE = textwrap.dedent(
+    """
+    import torch, triton, triton.language as tl
+
+    @triton.jit
+    def k(Out, n):  # a loop bound that is a runtime integer, as in the k-means kernel
+        acc = 0
+        for i in range(0, n):
+            acc += 1
+        tl.store(Out, acc)
+
+    out = torch.zeros(1, dtype=torch.int32)
+    k[(1,)](out, 3)
+    assert int(out[0]) == 3
+    print("OK")
+    """
+)
+
+
+def _interpreter_takes_runtime_loop_bounds(env) -> bool:
+    """Triton 3.6's CPU interpreter under NumPy 2.5 fails on any loop bound that is a runtime integer
+    (``int()`` of its 1-element array handle; seen on the H200 image: triton 3.6.0, numpy 2.5.2), while
+    Triton 3.8 runs it. That is the interpreter's limit, not the kernel's: the compiled kernel runs there
+    (bench/kmeans.py --gpu)."""
+    out = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    return out.returncode == 0 and "OK" in out.stdout
+
+
 def test_triton_kernel_logic_in_interpreter():
     pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
+    if not _interpreter_takes_runtime_loop_bounds(env):
+        import numpy
+        import triton
+
+        pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run a runtime loop bound under NumPy "
+                    f"{numpy.__version__} (its limit, not the kernel's); Triton 3.8 can")
     script = textwrap.dedent(
         """
         import torch
@@ -404,7 +439,6 @@ def test_triton_kernel_logic_in_interpreter():
         print("OK")
         """
     )
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
 
