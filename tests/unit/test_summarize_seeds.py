@@ -56,7 +56,7 @@ def test_table_over_seeds_means_and_paired_differences(tmp_path, sm):
     readme.write_text("intro\n<!-- seeds:start -->\nold\n<!-- seeds:end -->\nrest\n")
     mfcc = os.path.join(f1, "eval", "iterative_r5", "scores_veri_test2.txt")  # any score file of the same trials
     summ = sm.main(["--out", str(tmp_path / "out"), "--reference", "SSRL", "--row", f"SSRL={f1}:ssrl,{f2}:ssrl",
-                    "--row", f"Round 5={f1}:iterative_r5,{f2}:iterative_r5", "--row", f"V={f2}:ssrl,{f1}:v",
+                    "--row", f"Round 5={f1}:iterative_r5,{f2}:iterative_r5", "--row", f"V (L = 1)={f2}:ssrl,{f1}:v",
                     "--fixed", f"MFCC={mfcc}", "--update_readme", "--readme_marker", "seeds", "--readme_file", str(readme)])
     r5 = summ["rows"]["Round 5"]
     assert r5["mean"]["nmi"] == pytest.approx((0.66 + 0.69) / 2)
@@ -69,14 +69,15 @@ def test_table_over_seeds_means_and_paired_differences(tmp_path, sm):
     assert per[0] == pytest.approx(paired_eer_difference(*pairs[0])[0])
     assert v["holds"] == bool(abs(d) > 2 * se) and v["same_sign_every_seed"] == bool(per[0] * per[1] > 0)
     # a row may take each seed from another folder / system; the MFCC-like fixed row pairs with every reference seed
-    assert summ["rows"]["V"]["seeds"]["1987"]["source"].endswith("km1987:ssrl")
-    assert summ["rows"]["V"]["vs_reference"]["eer_diff_per_seed"][1] == pytest.approx(0.0, abs=1e-12)  # itself
+    assert summ["rows"]["V (L = 1)"]["seeds"]["1987"]["source"].endswith("km1987:ssrl")
+    assert summ["rows"]["V (L = 1)"]["vs_reference"]["eer_diff_per_seed"][1] == pytest.approx(0.0, abs=1e-12)  # itself
     assert summ["rows"]["MFCC"]["vs_reference"]["seeds"] == ["1986", "1987"]
     text = readme.read_text()
     assert text.startswith("intro\n<!-- seeds:start -->\n### Over training seeds") and text.endswith("<!-- seeds:end -->\nrest\n")
     assert "| Round 5 | 1986, 1987 | 0.500 → 0.660 / 0.500 → 0.690 | 0.675 |" in text and "old\n" not in text
     assert (tmp_path / "out" / "summary.md").read_text().startswith("# Over training seeds")
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["reference"] == "SSRL"
+    assert (tmp_path / "seeds" / "summary.json").read_text() == (tmp_path / "out" / "summary.json").read_text()
 
 
 def test_refusals_name_the_row_and_the_fix(tmp_path, sm):

@@ -21,7 +21,8 @@ trials, paired with every seed of the reference. Every row is compared with the 
   difference exceeds 2 SE and has the same sign on every seed.
 
 Writes ``<out>/summary.md`` and ``<out>/summary.json``; ``--update_readme`` replaces the README section
-``<!-- NAME:start -->`` ... ``<!-- NAME:end -->`` with the table. Nothing is trained or evaluated here: the numbers
+``<!-- NAME:start -->`` ... ``<!-- NAME:end -->`` with the table and copies both files next to the README
+(``--readme_assets``). Nothing is trained or evaluated here: the numbers
 are those the folders hold.
 """
 
@@ -31,6 +32,7 @@ import argparse
 import datetime
 import os
 import shlex
+import shutil
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -41,8 +43,9 @@ from speechbrain_ssrl.scoring import eer_of_trials, paired_eer_difference_over_s
 
 
 def parse_row(spec: str) -> Tuple[str, List[Tuple[str, str]]]:
-    """``NAME=FOLDER:SYSTEM[,FOLDER:SYSTEM...]`` → (name, [(folder, system), ...]); refused in one line."""
-    name, sep, rest = spec.partition("=")
+    """``NAME=FOLDER:SYSTEM[,FOLDER:SYSTEM...]`` → (name, [(folder, system), ...]); refused in one line. Split at
+    the last ``=``: a name may hold one (``SSRL w/o label queue (L = 1)``), the folders may not."""
+    name, sep, rest = spec.rpartition("=")
     parts = [p.strip() for p in rest.split(",") if p.strip()]
     if not sep or not name.strip() or not parts or any(":" not in p for p in parts):
         raise SystemExit(f"--row {spec!r}: write NAME=FOLDER:SYSTEM[,FOLDER:SYSTEM...] (e.g. 'SSRL=out/km1986:ssrl')")
@@ -158,10 +161,12 @@ def summary_markdown(summ: Dict, title: str, command: str, heading: str = "###")
         lines.append(f"| {name} | {', '.join(v['seeds'])} | {nmi_d} | {eer_d} | {v['eer_diff']:+.2f} ± {v['eer_diff_se']:.2f} | "
                      f"{holds} | {'yes' if v['same_sign_every_seed'] else 'no'} |")
     lines += ["", "NMI / purity / clusters / max speakers per home: the labels the final model was trained on (SSRL rows: "
-              "after the last epoch; baseline round r: the k-means labels of round r), against the true speakers. SE of the "
+              "after the last epoch; baseline round r: the k-means labels of round r), against the true speakers. Means are "
+              "over each row's own seeds; the comparison below pairs the seeds two rows share. SE of the "
               "mean EER difference: jackknife over the test speakers, each left-out speaker removing its trials from every "
               "seed's pair at once; it measures the test set's sampling, not the spread between training seeds, which the "
-              "per-seed columns show.", "", "Sources (folder:system per seed):", ""]
+              "per-seed columns show.", "", "Sources (folder:system per seed; the commit is the one of the invocation that wrote "
+              "the folder's results.json, which reuses finished runs):", ""]
     for name, srcs in summ["sources"].items():
         if any(v.get("fixed") for v in srcs.values()):
             lines.append(f"- {name}: `{next(iter(srcs.values()))['scores']}` (no training seed: paired with every seed)")
@@ -183,11 +188,13 @@ def parse_args(argv=None):
     ap.add_argument("--update_readme", action="store_true", help="replace the README section --readme_marker with the table")
     ap.add_argument("--readme_marker", default=None, help="README section <!-- NAME:start --> ... <!-- NAME:end -->")
     ap.add_argument("--readme_file", default=os.path.join(RECIPE, "README.md"), help="README to update (default: the recipe's)")
+    ap.add_argument("--readme_assets", default=None,
+                    help="folder next to the README that receives summary.md / summary.json (default: the marker, '-' -> '_')")
     a = ap.parse_args(argv)
     a.rows = dict(parse_row(r) for r in a.row)
     a.fixed_rows = {}
     for spec in a.fixed:
-        name, sep, path = spec.partition("=")
+        name, sep, path = spec.rpartition("=")  # a name may hold "=", the path may not
         if not sep or not name.strip() or not path.strip():
             ap.error(f"--fixed {spec!r}: write NAME=SCORES (e.g. 'MFCC=demo/mfcc/scores_veri_test2.txt')")
         a.fixed_rows[name.strip()] = path.strip()
@@ -217,6 +224,10 @@ def main(argv=None) -> Dict:
     write_json(os.path.join(a.out, "summary.json"), summ)
     print(md)
     if a.update_readme:
+        dest = os.path.join(os.path.dirname(os.path.abspath(a.readme_file)), a.readme_assets or a.readme_marker.replace("-", "_"))
+        os.makedirs(dest, exist_ok=True)
+        for f in ("summary.md", "summary.json"):
+            shutil.copy2(os.path.join(a.out, f), os.path.join(dest, f))
         readme_section(a.readme_file, a.readme_marker, md.rstrip("\n"))
         print(f"updated {a.readme_file} ({a.readme_marker})")
     return summ
