@@ -38,8 +38,9 @@ def _run_folder(root, seed, systems, corpus="MiniVox (demo, corpus seed 0)", rng
 
         _, _, lab, sc = read_score_file(str(d / "scores_veri_test2.txt"))
         entries[name] = {"label": name, "test": {"eer": eer_of_trials(sc, lab), "eer_se": 1.0},
-                         "labels": {"nmi": nmi, "purity": nmi / 2, "n_clusters": 20, "max_speakers_per_home": 2},
-                         "labels_start": {"nmi": 0.5}}
+                         "labels": None if nmi is None else {"nmi": nmi, "purity": nmi / 2, "n_clusters": 20,
+                                                             "max_speakers_per_home": 2},
+                         "labels_start": None if nmi is None else {"nmi": 0.5}}
     res = {"train_seed": str(seed), "systems": entries, "test_list": "veri_test2", "start": "k-means (K0 = 20)",
            "corpus": {"name": corpus, "data_folder": "/d"}, "command": "python run_experiments.py ...",
            "git": {"commit": "abc", "dirty": False}, "finished": "2026-11-30T00:00:00"}
@@ -50,7 +51,7 @@ def _run_folder(root, seed, systems, corpus="MiniVox (demo, corpus seed 0)", rng
 def test_table_over_seeds_means_and_paired_differences(tmp_path, sm):
     from speechbrain_ssrl.scoring import paired_eer_difference, paired_eer_difference_over_seeds
 
-    f1 = _run_folder(tmp_path, 1986, {"ssrl": (0.70, 1.2), "iterative_r5": (0.66, 0.8), "v": (0.71, 1.3)})
+    f1 = _run_folder(tmp_path, 1986, {"ssrl": (0.70, 1.2), "iterative_r5": (0.66, 0.8), "v": (0.71, 1.3), "dino": (None, 0.5)})
     f2 = _run_folder(tmp_path, 1987, {"ssrl": (0.68, 1.1), "iterative_r5": (0.69, 0.9)})
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- seeds:start -->\nold\n<!-- seeds:end -->\nrest\n")
@@ -72,6 +73,10 @@ def test_table_over_seeds_means_and_paired_differences(tmp_path, sm):
     assert summ["rows"]["V (L = 1)"]["seeds"]["1987"]["source"].endswith("km1987:ssrl")
     assert summ["rows"]["V (L = 1)"]["vs_reference"]["eer_diff_per_seed"][1] == pytest.approx(0.0, abs=1e-12)  # itself
     assert summ["rows"]["MFCC"]["vs_reference"]["seeds"] == ["1986", "1987"]
+    # a reference without labels (a DINO-like row): NMI differences are empty, EER differences are not
+    summ2 = sm.main(["--out", str(tmp_path / "out2"), "--reference", "DINO", "--row", f"DINO={f1}:dino", "--row", f"SSRL={f1}:ssrl"])
+    assert summ2["rows"]["SSRL"]["vs_reference"]["nmi_diff"] == [None] and summ2["rows"]["SSRL"]["vs_reference"]["eer_diff"] < 0
+    assert "| DINO | 1986 | - | - |" in (tmp_path / "out2" / "summary.md").read_text()
     text = readme.read_text()
     assert text.startswith("intro\n<!-- seeds:start -->\n### Over training seeds") and text.endswith("<!-- seeds:end -->\nrest\n")
     assert "| Round 5 | 1986, 1987 | 0.500 → 0.660 / 0.500 → 0.690 | 0.675 |" in text and "old\n" not in text
@@ -98,5 +103,8 @@ def test_refusals_name_the_row_and_the_fix(tmp_path, sm):
     with pytest.raises(SystemExit, match="has no section"):
         sm.main(out + ["--row", f"SSRL={f1}:ssrl", "--update_readme", "--readme_marker", "x", "--readme_file", str(tmp_path / "r.md")])
     assert not (tmp_path / "o").exists()  # refused before anything was written
+    os.remove(os.path.join(f1, "eval", "ssrl", "scores_veri_test2.txt"))
+    with pytest.raises(SystemExit, match="scores_veri_test2.txt does not exist"):
+        sm.main(out + ["--row", f"SSRL={f1}:ssrl"])
     with pytest.raises(SystemExit):  # the reference must be a --row
         sm.main(["--out", str(tmp_path / "o"), "--reference", "B", "--row", f"SSRL={f1}:ssrl"])

@@ -66,6 +66,8 @@ def load_row(name: str, sources: Sequence[Tuple[str, str]]) -> Dict[str, Dict]:
         if seed in out:
             raise SystemExit(f"--row {name!r}: two sources for training seed {seed} ({out[seed]['folder']} and {folder})")
         scores = os.path.join(folder, "eval", system, f"scores_{res['test_list']}.txt")
+        if not os.path.exists(scores):
+            raise SystemExit(f"--row {name!r}: {scores} does not exist (re-run that folder's run_experiments.py command)")
         out[seed] = {"folder": folder, "system": system, "entry": res["systems"][system], "scores": scores,
                      "corpus": res["corpus"].get("name"), "data_folder": res["corpus"].get("data_folder"),
                      "test_list": res["test_list"], "start": res.get("start"), "command": res.get("command"),
@@ -117,8 +119,9 @@ def summarize(rows: Dict[str, Dict[str, Dict]], reference: str) -> Dict:
                "mean": {k: mean([v[k] for v in per_seed.values()]) for k in ("nmi", "nmi_start", "purity", "eer")}}
         shared = [s for s in sorted(seeds) if s in ref]
         if name != reference and shared:
-            nmi_d = [None if per_seed[s]["nmi"] is None or ref[s]["entry"].get("labels", {}).get("nmi") is None
-                     else per_seed[s]["nmi"] - ref[s]["entry"]["labels"]["nmi"] for s in shared]
+            ref_nmi = {s: (ref[s]["entry"].get("labels") or {}).get("nmi") for s in shared}
+            nmi_d = [None if per_seed[s]["nmi"] is None or ref_nmi[s] is None else per_seed[s]["nmi"] - ref_nmi[s]
+                     for s in shared]
             d, se, per = paired_eer_difference_over_seeds([(seeds[s]["scores"], ref[s]["scores"]) for s in shared])
             row["vs_reference"] = {"seeds": shared, "nmi_diff": nmi_d, "eer_diff": d, "eer_diff_se": se, "eer_diff_per_seed": per,
                                    "holds": bool(abs(d) > 2 * se),
