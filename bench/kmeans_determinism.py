@@ -5,7 +5,7 @@
 
 ``bench/kmeans.py --gpu`` found the runs with and without bounds not bit-identical on an H200 (inertia equal to
 3e-10 relative), while the CPU test (tests/unit/test_clustering.py) finds them equal. This probe separates the two
-possible causes on one synthetic speaker-structured set (unit vectors around ``--speakers`` centres):
+possible causes on the same synthetic speaker-structured set as bench/kmeans.py (``speaker_data``):
 
 * ``_cluster_sums`` (the CSR membership x data product of the centroid update) twice on the same labels;
 * ``kmeans`` twice with the same seed and settings, bounds off (run-to-run repeatability);
@@ -19,22 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from kmeans import slug, speaker_data  # noqa: E402  (bench/kmeans.py: its speaker-structured data, its file names)
 from speechbrain_ssrl import clustering as cl  # noqa: E402
-
-
-def data(n: int, d: int, speakers: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(speakers, d, generator=g), dim=1)
-    who = torch.randint(0, speakers, (n,), generator=g)
-    x = centres[who] + 0.045 * torch.randn(n, d, generator=g)  # cos to own centre ~0.7 at d = 512
-    return torch.nn.functional.normalize(x, dim=1).to(device)
 
 
 def main() -> None:
@@ -50,8 +42,8 @@ def main() -> None:
     dev = torch.device(a.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     t0 = time.time()
-    x = data(a.n, a.d, a.speakers, dev)
-    res = {"device": name, "torch": torch.__version__, "n": a.n, "d": a.d, "k": a.k, "speakers": a.speakers}
+    x, _, data_info = speaker_data(a.n, a.d, a.speakers, seed=0, device=a.device)
+    res = {"device": name, "torch": torch.__version__, "n": a.n, "d": a.d, "k": a.k, "speakers": a.speakers, "data": data_info}
 
     labels = torch.randint(0, a.k, (a.n,), generator=torch.Generator().manual_seed(1)).to(dev)
     s1, c1 = cl._cluster_sums(x, labels, a.k)
@@ -76,7 +68,7 @@ def main() -> None:
     res["seconds"] = {"no_bounds": [round(ta, 3), round(tb, 3)], "bounds": round(tc, 3), "total": round(time.time() - t0, 1)}
     print(json.dumps(res, indent=1))
     out = a.out or os.path.join(os.environ.get("OUT", os.path.join(os.path.dirname(__file__), "out")),
-                                f"kmeans_determinism_{re.sub(r'[^a-z0-9]+', '-', name.lower().replace('nvidia ', 'nvidia-'))}.json")
+                                f"kmeans_determinism_{slug(name)}.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
