@@ -510,13 +510,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     names = list(zip(a.files[0::2], a.files[1::2]))
     pairs = [(read_score_file(x), read_score_file(r)) for x, r in names]
     d, se, per = _paired_mean(pairs, "the score files " + ", ".join(f"{x} / {r}" for x, r in names))
-    out = {"eer_x": eer_of_trials(pairs[0][0][3], pairs[0][0][2]), "eer_ref": eer_of_trials(pairs[0][1][3], pairs[0][1][2]),
-           "diff": d, "se": se, "holds": bool(abs(d) > 2 * se), "n_trials": int(len(pairs[0][0][2]))}
-    if len(pairs) > 1:
-        out = {"eer_x": [eer_of_trials(x[3], x[2]) for x, _ in pairs], "eer_ref": [eer_of_trials(r[3], r[2]) for _, r in pairs],
-               "diff_per_pair": per, "diff": d, "se": se, "holds": bool(abs(d) > 2 * se),
-               "same_sign_every_pair": bool(all(v < 0 for v in per) or all(v > 0 for v in per)),
-               "n_pairs": len(pairs), "n_trials": int(len(pairs[0][0][2]))}
+    eer_x = [eer_of_trials(x[3], x[2]) for x, _ in pairs]
+    eer_ref = [eer_of_trials(r[3], r[2]) for _, r in pairs]
+    one = len(pairs) == 1
+    out = {"eer_x": eer_x[0] if one else eer_x, "eer_ref": eer_ref[0] if one else eer_ref, "diff": d, "se": se,
+           "holds": bool(abs(d) > 2 * se), "n_trials": int(len(pairs[0][0][2]))}
+    if not one:
+        out.update(diff_per_pair=per, same_sign_every_pair=bool(all(v < 0 for v in per) or all(v > 0 for v in per)),
+                   n_pairs=len(pairs))
     print(json.dumps(out, indent=1))
 
 
