@@ -10,7 +10,12 @@ trials), what the count does to label quality before any loop is built:
 * ``merge_<linkage>_<tau>``: k-means into ``--k0`` clusters, then agglomerative merging of the centroids
   (scikit-learn ``AgglomerativeClustering``, cosine, ``--linkage``) until no two groups are closer than cosine tau:
   tau = ``own_mean`` (label-free: the mean cosine of a member to its own centroid, "two centroids closer than a
-  member is to its own centroid cannot be told apart"), and each fixed tau of ``--tau``.
+  member is to its own centroid cannot be told apart"), and each fixed tau of ``--tau``;
+* ``spectral<k0>_nn<n>``: spectral clustering of the embeddings' n-nearest-neighbour graph into ``--k0``
+  (``spectral_clustering.spectral_clustering``, the recipe's ``cluster_method: spectral``; seeds 0..``--seeds``-1),
+  for each n of ``--spectral_neighbors``; ``balanced<k0>``: the K0 k-means centroids, then 5 rounds of a
+  Sinkhorn-balanced assignment (``online_clustering.sinkhorn_assign``, epsilon 0.05, 3 iterations) and the new
+  cluster means (a size-balanced k-means).
 
 Every row reports NMI, purity, the cluster count and the most true speakers whose majority cluster is one cluster
 (``label_diagnostics.majority_homes``, the ``max speakers / home`` of the recipe README's tables).
@@ -62,6 +67,9 @@ def main(argv=None):
     ap.add_argument("--k0", type=int, default=200, help="clusters before merging (the MiniVox K0)")
     ap.add_argument("--tau", default="0.9,0.95", help="comma-separated fixed cosine thresholds for merging")
     ap.add_argument("--linkage", default="average,complete", help="comma-separated linkages for merging")
+    ap.add_argument("--spectral_neighbors", default="",
+                    help="comma-separated neighbour counts for the spectral rows (empty: no spectral rows)")
+    ap.add_argument("--balanced", action="store_true", help="add the size-balanced k-means row")
     ap.add_argument("--seeds", type=int, default=3, help="k-means seeds 0..n-1 per row (mean reported)")
     ap.add_argument("--max_seconds", type=float, default=6.0)
     ap.add_argument("--threads", type=int, default=1)
@@ -77,6 +85,8 @@ def main(argv=None):
     from speechbrain_ssrl.initial_clustering import embed_training_set
     from speechbrain_ssrl.label_diagnostics import majority_homes
     from speechbrain_ssrl.metrics import pseudo_label_report
+    from speechbrain_ssrl.online_clustering import cluster_means, sinkhorn_assign
+    from speechbrain_ssrl.spectral_clustering import spectral_clustering
 
     truth = true_speaker_ids(a.train_csv)
     if truth is None:
@@ -130,6 +140,19 @@ def main(argv=None):
                                                      distance_threshold=1.0 - tau).fit(C.numpy()).labels_
                     merged.setdefault(f"merge_{link}_{tag}", []).append(report(torch.as_tensor(groups)[lab]))
         res.update({key: mean_of(rows) for key, rows in merged.items()})
+        for nn in [int(v) for v in a.spectral_neighbors.split(",") if v.strip()]:
+            res[f"spectral{a.k0}_nn{nn}"] = mean_of([report(spectral_clustering(emb, a.k0, n_neighbors=nn, seed=s))
+                                                     for s in range(a.seeds)])
+        if a.balanced:
+            rows = []
+            for s in range(a.seeds):
+                protos = torch.nn.functional.normalize(runs[a.k0, s][0].float(), dim=1)
+                active = torch.ones(a.k0, dtype=torch.bool)
+                for _ in range(5):
+                    lab = sinkhorn_assign(emb, protos, active, 0.05, 3)
+                    protos = torch.nn.functional.normalize(cluster_means(emb, lab, protos), dim=1)
+                rows.append(report(lab))
+            res[f"balanced{a.k0}"] = mean_of(rows)
         res["own_mean"] = round(sum(own_means) / len(own_means), 4)
         res["seconds"] = round(time.time() - t0, 1)
         out["results"][tname] = res

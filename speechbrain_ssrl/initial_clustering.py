@@ -35,8 +35,9 @@ import torch
 
 from speechbrain.utils.distributed import ddp_broadcast
 
-from speechbrain_ssrl.clustering import kmeans, label_centroids, mean_cosine
+from speechbrain_ssrl.clustering import KMeansResult, kmeans, label_centroids, mean_cosine
 from speechbrain_ssrl.distributed import collective_ok
+from speechbrain_ssrl.spectral_clustering import check_method, spectral_clustering
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ def initial_clustering(
     init_labels: Optional[torch.Tensor] = None,
     compare_labels: Optional[torch.Tensor] = None,
     embeddings: Optional[torch.Tensor] = None,
+    method: str = "kmeans",
+    n_neighbors: int = 10,
 ) -> Dict[str, Any]:
     """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
 
@@ -170,6 +173,11 @@ def initial_clustering(
         embeddings: (N, D) embeddings in CSV order, already computed (under DDP the same on every rank): nothing
             is embedded and ``embed_fn`` is not called (``reclustering.epoch_embeddings``: the teacher embeddings
             an SSRL epoch recorded); L2-normalised here, as computed ones are; saved as ``embeddings: given``.
+        method: ``kmeans`` (paper and release) or ``spectral`` (``spectral_clustering.py``: the k-NN graph of
+            the embeddings with ``n_neighbors`` neighbours per row, partitioned into at most ``k`` clusters;
+            ``n_iter``, ``tol``, ``init`` and ``precision`` unused; the centroids are the clusters' normalised
+            means, a cluster left empty gets a random unit row). Saved in the config (a reused file made with
+            another method is reported).
     Returns:
         dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
         saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
@@ -183,6 +191,10 @@ def initial_clustering(
         data = load_initial_clustering(path, expected_ids=ids, expected_k=k)
         logger.info("initial clustering: reusing %s (%d utterances, k = %d)", path, len(ids), k)
         now = dict(max_seconds=max_seconds, n_iter=n_iter, seed=seed, spherical=spherical, init=init)
+        if method != "kmeans":
+            now.update(method=method, n_neighbors=int(n_neighbors))
+        elif (data.get("config") or {}).get("method", "kmeans") != "kmeans":
+            now["method"] = "kmeans"
         saved = data.get("config") or {}
         diff = {key: (saved.get(key), val) for key, val in now.items() if key in saved and saved[key] != val}
         if diff:
@@ -204,6 +216,10 @@ def initial_clustering(
                 "Re-run the data preparation if it moved"
             )
 
+    check_method(method, n_neighbors)
+    if method != "kmeans" and (init == "labels" or init_labels is not None):
+        raise ValueError(f"cluster_method: {method} cannot start from the current labels (recluster_init: labels is "
+                         "k-means only); set recluster_init: k-means++")
     if init == "labels" and init_labels is None:
         raise ValueError("init: labels needs init_labels (the labels whose clusters start k-means)")
     if init_labels is not None:
@@ -220,6 +236,8 @@ def initial_clustering(
         spherical=spherical, init=init, precision=precision, batch_seconds=batch_seconds, max_batch=max_batch,
         embeddings="computed" if embeddings is None else "given",
     )
+    if method != "kmeans":  # k-means files keep their old config (reused without a settings warning)
+        config.update(method=method, n_neighbors=int(n_neighbors))
     t0 = time.perf_counter()
     if embeddings is None:
         emb = _embed_all(
@@ -236,14 +254,15 @@ def initial_clustering(
         return _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
                                  spherical=spherical, init=init, device=device, precision=precision,
                                  chunk_size=chunk_size, progress=progress, init_labels=init_labels,
-                                 compare_labels=compare_labels)
+                                 compare_labels=compare_labels, method=method, n_neighbors=n_neighbors)
     failure, data = None, None
     if torch.distributed.get_rank() == 0:  # (not SpeechBrain's if_main_process: it reads RANK from the environment)
         try:
             data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol,
                                      seed=seed, spherical=spherical, init=init, device=device, precision=precision,
                                      chunk_size=chunk_size, progress=progress, init_labels=init_labels,
-                                     compare_labels=compare_labels)  # the main process: emb holds every rank's share
+                                     compare_labels=compare_labels, method=method,
+                                     n_neighbors=n_neighbors)  # the main process: emb holds every rank's share
         except Exception as e:  # noqa: BLE001 - the other ranks are told, then it is raised here
             failure = e
     message = ddp_broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
@@ -259,25 +278,39 @@ def initial_clustering(
 
 def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_iter, tol, seed, spherical, init, device,
                       precision, chunk_size, progress, init_labels=None,
-                      compare_labels=None) -> Dict[str, Any]:
-    """k-means of ``emb``, the diagnostic report, and the atomic save (one process); ``compare_labels``: both
-    partitions' k-means objectives saved."""
+                      compare_labels=None, method="kmeans", n_neighbors=10) -> Dict[str, Any]:
+    """k-means (or spectral clustering) of ``emb``, the diagnostic report, and the atomic save (one process);
+    ``compare_labels``: both partitions' k-means objectives saved."""
     t0 = time.perf_counter()
-    if init_labels is not None:  # the labels' clusters, in ascending label order
-        init = label_centroids(emb, torch.unique(init_labels, return_inverse=True)[1], k, spherical)
-    # distributed=False: under DDP this runs on the main process only (the others load the file)
-    res = kmeans(
-        emb, k, n_iter=n_iter, tol=tol, seed=seed, spherical=spherical, init=init, device=device,
-        precision=precision, chunk_size=chunk_size, distributed=False, progress=progress,
-    )
-    t_kmeans = time.perf_counter() - t0
+    if method == "spectral":
+        labels = spectral_clustering(emb, k, n_neighbors=n_neighbors, seed=seed)
+        centroids = label_centroids(emb, labels, k, spherical).float()
+        empty = torch.isnan(centroids).any(dim=1)
+        if bool(empty.any()):  # ids the partition left empty: random unit rows (they own nothing, pruning drops them)
+            g = torch.Generator().manual_seed(int(seed))
+            centroids[empty] = torch.nn.functional.normalize(torch.randn(int(empty.sum()), emb.shape[1], generator=g), dim=1)
+        objective = mean_cosine(emb, labels)
+        res = KMeansResult(centroids, labels, float(emb.shape[0]) * (1.0 - objective), 0, True)
+        t_kmeans = time.perf_counter() - t0
+        logger.info("initial clustering: spectral (k-NN graph, %d neighbours) into k = %d, %.1f s, %d non-empty "
+                    "clusters, mean cosine to the own centroid %.4f", n_neighbors, k, t_kmeans,
+                    int(torch.unique(labels).numel()), objective)
+    else:
+        if init_labels is not None:  # the labels' clusters, in ascending label order
+            init = label_centroids(emb, torch.unique(init_labels, return_inverse=True)[1], k, spherical)
+        # distributed=False: under DDP this runs on the main process only (the others load the file)
+        res = kmeans(
+            emb, k, n_iter=n_iter, tol=tol, seed=seed, spherical=spherical, init=init, device=device,
+            precision=precision, chunk_size=chunk_size, distributed=False, progress=progress,
+        )
+        t_kmeans = time.perf_counter() - t0
+        logger.info(
+            "initial clustering: k-means k = %d, %d iterations (converged: %s), inertia %.6g, %.1f s, %d non-empty "
+            "clusters", k, res.n_iter, res.converged, res.inertia, t_kmeans, int(torch.unique(res[1]).numel()),
+        )
     centroids, labels = res
     labels = labels.cpu().long()
     centroids = centroids.cpu().float()
-    logger.info(
-        "initial clustering: k-means k = %d, %d iterations (converged: %s), inertia %.6g, %.1f s, %d non-empty clusters",
-        k, res.n_iter, res.converged, res.inertia, t_kmeans, int(torch.unique(labels).numel()),
-    )
 
     report = None
     if spk is not None:  # diagnostics only: the true ids never entered the clustering

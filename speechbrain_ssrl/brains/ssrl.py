@@ -80,6 +80,7 @@ from speechbrain_ssrl.reclustering import (
     recluster_max_gain,
 )
 from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
+from speechbrain_ssrl.spectral_clustering import check_method
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,10 @@ class SSRLBrain(SSLBrainBase):
         self.recluster_source = recluster_embeddings(getattr(h, "recluster_embeddings", None))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
+        method = check_method(str(getattr(h, "cluster_method", "kmeans")), getattr(h, "spectral_neighbors", 10))
+        if method != "kmeans" and str(getattr(h, "recluster_init", "k-means++")) == "labels" and self.recluster_at:
+            raise ValueError(f"recluster_init: labels is k-means only, but cluster_method is {method}: set "
+                             "recluster_init: k-means++ or cluster_method: kmeans")
         if h.teacher_bn not in ("eval", "train", "recal"):
             raise ValueError(f"teacher_bn: {h.teacher_bn!r} is not one of eval, train, recal (see the yaml's comment)")
         L, e_fix = int(h.queue_length), int(h.fixed_label_epochs)
@@ -454,6 +459,8 @@ class SSRLBrain(SSLBrainBase):
             n_iter=int(getattr(h, "kmeans_iterations", 100)),
             init="labels" if from_labels else str(getattr(h, "kmeans_init", "k-means++")),
             init_labels=self.state.labels if from_labels else None,
+            method=str(getattr(h, "cluster_method", "kmeans")),
+            n_neighbors=int(getattr(h, "spectral_neighbors", 10)),
             seed=int(h.seed) + int(epoch),
             device=str(self.device),
             sample_rate=int(getattr(h, "sample_rate", 16000)),

@@ -147,6 +147,25 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     assert torch.equal(state["queue"]["initial"], state["y0"])
 
 
+def test_ssrl_cluster_method_spectral(minivox_ci, dino_ci, tmp_path):
+    """cluster_method: spectral: the initial clustering and the re-clustering of epoch 2 are spectral clusterings of
+    the k-NN graph (saved config), the run trains on; recluster_init: labels with it is refused in one line."""
+    out = str(tmp_path / "ssrl_spectral")
+    args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
+            "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9",
+            "--recluster_epochs=[2]", "--recluster_every=0", "--recluster_if=always", "--validate_every=0", *TINY_ECAPA,
+            "--cluster_method=spectral", "--spectral_neighbors=5"]
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=3")
+    for sub in ("initial_clustering", os.path.join("reclustering", "epoch_2")):
+        saved = torch.load(os.path.join(out, sub, "initial_clustering.pt"), weights_only=False)
+        assert (saved["config"]["method"], saved["config"]["n_neighbors"]) == ("spectral", 5), sub
+        assert not torch.isnan(saved["centroids"]).any()
+    assert [r.get("reclustered", "") for r in history(out)] == ["", "", "1", ""]
+    proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *[a.replace(out, out + "_bad") for a in args],
+                      "--recluster_init=labels", "--number_of_epochs=3", check=False)
+    assert proc.returncode != 0 and "recluster_init: labels is k-means only" in proc.stdout + proc.stderr
+
+
 def test_ssrl_recluster_if_never_noisy_skips_after_a_noisy_mode(minivox_ci, dino_ci, tmp_path):
     """recluster_if: never_noisy: with a floor of 0 every fitted GMM has a noisy mode, so epoch 1's fit counts and
     epoch 2's listed re-clustering is skipped before anything is embedded (no reclustering/ folder); the count

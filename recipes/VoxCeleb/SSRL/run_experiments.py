@@ -876,7 +876,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
 
     # 3. SSRL and its ablations (their y0 = the baseline's round-1 k-means when the settings match)
     keys = ("K0", "cluster_max_seconds", "kmeans_iterations", "kmeans_init", "seed", "bn_recal_batches",
-            "bn_recal_batch_size", "bn_recal_seconds", "channels", "emb_dim")
+            "bn_recal_batch_size", "bn_recal_seconds", "channels", "emb_dim", "cluster_method", "spectral_neighbors")
     same_clustering = all(yaml_value(plan.yaml["ssrl"], k, plan.ov["ssrl"])
                           == yaml_value(plan.yaml["iterative"], k, plan.ov["iterative"])
                           for k in keys)

@@ -190,6 +190,8 @@ def initial_labels(brain, hparams):
         max_seconds=hparams["cluster_max_seconds"],
         n_iter=hparams["kmeans_iterations"],
         init=hparams["kmeans_init"],
+        method=hparams.get("cluster_method", "kmeans"),
+        n_neighbors=hparams.get("spectral_neighbors", 10),
         seed=hparams["seed"],
         device=str(brain.device),
         sample_rate=hparams["sample_rate"],
