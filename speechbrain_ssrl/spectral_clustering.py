@@ -10,8 +10,10 @@ spectral embedding, no extra random start), wrapped here so that the recipe's cl
 centroids as k-means does.
 
 Cost: the graph is O(N · n_neighbors), but the eigensolver computes ``k`` eigenvectors of an N x N sparse matrix
-(a dense (N, k) block and more): MiniVox's 2,320 x 200 takes 0.7 s on 2 CPU cores; larger corpora were not
-timed; VoxCeleb2's 1.09 M x 8,000 is out of reach.
+(a dense (N, k) block and more), and its time depends on the data and grows steeply: MiniVox's 2,320 x 200 teacher
+embeddings take 0.7-0.9 s on 2 CPU cores; ``bench/spectral_scale.py`` on synthetic speaker embeddings (16-core host,
+``bench/results/spectral_scale_16core.json``): 2,320 x 200 0.6 s, 10,000 x 862 23 s, 25,000 x 2,155 over 110 s
+(k-means 0.07-0.14 s). VoxCeleb2's 1.09 M x 8,000 is out of reach: use ``cluster_method: kmeans`` there.
 :func:`spectral_clustering` refuses inputs above ``max_cells`` = N x k (default 5e8, about 4 GB for one float64
 (N, k) block) with one line that names the fix (``cluster_method: kmeans``).
 """
