@@ -590,7 +590,7 @@ def report_markdown(res: Dict, plot_prefix: str = "plots/", heading: str = "#") 
     lines += [
         "",
         "EER ± leave-one-test-speaker-out (jackknife) standard error. NMI / purity / clusters: the labels the final "
-        "model was trained on (SSRL rows: start → after the last epoch; baseline round r: the k-means labels of round r), "
+        "model was trained on (SSRL rows: start → after the last epoch; baseline round r: the labels of round r, its clustering of round r - 1's model), "
         "against the true speakers; max speakers / home: the most true speakers whose majority cluster is one cluster "
         "(`label_merges.csv`). Re-clustered: a fresh k-means (k = "
         f"{k_re}, seed 0) of the training utterances embedded by the system's final model, i.e. the labels its "
@@ -842,7 +842,10 @@ def main(argv=None):  # noqa: C901 (one linear script)
     cap = yaml_value(plan.yaml["ssrl"], "cluster_max_seconds", plan.ov["ssrl"])
     cap = None if cap in (None, "null", "None") else float(cap)
     starts: Dict[str, tuple] = {}  # system -> (initial clustering file, K0)
-    start_desc = f"k-means (K0 = {yaml_value(plan.yaml['ssrl'], 'K0', plan.ov['ssrl'])}) of the DINO teacher's embeddings"
+    method = yaml_value(plan.yaml["ssrl"], "cluster_method", plan.ov["ssrl"]) or "kmeans"
+    method_desc = ("k-means" if method == "kmeans" else
+                   f"{method} clustering ({yaml_value(plan.yaml['ssrl'], 'spectral_neighbors', plan.ov['ssrl'])}-NN graph)")
+    start_desc = f"{method_desc} (K0 = {yaml_value(plan.yaml['ssrl'], 'K0', plan.ov['ssrl'])}) of the DINO teacher's embeddings"
     if a.start == "oracle":
         f, k, info = oracle_start_file(dino, train_csv, train_rows, os.path.join(out, "oracle_start"), a.oracle_noise,
                                        a.oracle_split, cap, device, log)
@@ -893,7 +896,7 @@ def main(argv=None):  # noqa: C901 (one linear script)
         train(name, plan.yaml["ssrl"], folder,
               [f"--dino_folder={dino}", f"--number_of_epochs={plan.ssrl_epochs}", *val, *args, *k_args], exported(folder))
     if same_clustering and "iterative" in a.systems and a.start == "kmeans":
-        notes.append("SSRL's initial labels y0 and the baseline's round-1 labels are one k-means of the DINO teacher's "
+        notes.append(f"SSRL's initial labels y0 and the baseline's round-1 labels are one {method_desc} of the DINO teacher's "
                      "embeddings (computed once; its cost is counted in every system).")
 
     # 4. evaluation on the test trials
