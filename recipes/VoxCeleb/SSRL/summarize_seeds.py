@@ -164,7 +164,7 @@ def summary_markdown(summ: Dict, title: str, command: str, heading: str = "###")
         lines.append(f"| {name} | {', '.join(v['seeds'])} | {nmi_d} | {eer_d} | {v['eer_diff']:+.2f} ± {v['eer_diff_se']:.2f} | "
                      f"{holds} | {'yes' if v['same_sign_every_seed'] else 'no'} |")
     lines += ["", "NMI / purity / clusters / max speakers per home: the labels the final model was trained on (SSRL rows: "
-              "after the last epoch; baseline round r: the k-means labels of round r), against the true speakers. Means are "
+              "after the last epoch; baseline round r: the labels of round r, its clustering of round r - 1's model), against the true speakers. Means are "
               "over each row's own seeds; the comparison below pairs the seeds two rows share. SE of the "
               "mean EER difference: jackknife over the test speakers, each left-out speaker removing its trials from every "
               "seed's pair at once; it measures the test set's sampling, not the spread between training seeds, which the "
