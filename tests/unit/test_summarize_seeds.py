@@ -24,7 +24,7 @@ def _trials():
     return [(f"id{k % 7:02d}/v/1.wav", f"id{(k * 3 + 2) % 7:02d}/w/2.wav", int(k % 2 == 0)) for k in range(280)]
 
 
-def _run_folder(root, seed, systems, corpus="MiniVox (demo, corpus seed 0)", rng=None):
+def _run_folder(root, seed, systems, corpus="MiniVox (demo, corpus seed 0)", rng=None, start="k-means (K0 = 20)"):
     """A finished run_experiments.py folder: results.json + eval/<system>/scores_veri_test2.txt (gap = class separation)."""
     rng = rng or np.random.default_rng(seed)
     folder = root / f"km{seed}"
@@ -41,7 +41,7 @@ def _run_folder(root, seed, systems, corpus="MiniVox (demo, corpus seed 0)", rng
                          "labels": None if nmi is None else {"nmi": nmi, "purity": nmi / 2, "n_clusters": 20,
                                                              "max_speakers_per_home": 2},
                          "labels_start": None if nmi is None else {"nmi": 0.5}}
-    res = {"train_seed": str(seed), "systems": entries, "test_list": "veri_test2", "start": "k-means (K0 = 20)",
+    res = {"train_seed": str(seed), "systems": entries, "test_list": "veri_test2", "start": start,
            "corpus": {"name": corpus, "data_folder": "/d"}, "command": "python run_experiments.py ...",
            "git": {"commit": "abc", "dirty": False}, "finished": "2026-11-30T00:00:00"}
     (folder / "results.json").write_text(json.dumps(res))
@@ -108,3 +108,20 @@ def test_refusals_name_the_row_and_the_fix(tmp_path, sm):
         sm.main(out + ["--row", f"SSRL={f1}:ssrl"])
     with pytest.raises(SystemExit):  # the reference must be a --row
         sm.main(["--out", str(tmp_path / "o"), "--reference", "B", "--row", f"SSRL={f1}:ssrl"])
+
+
+def test_rows_may_differ_in_start_but_not_their_seeds(tmp_path, sm):
+    """Two clustering methods of one DINO teacher are two rows with their own starts, listed per row; the seeds of
+    one row must share one start."""
+    km = _run_folder(tmp_path / "km", 1986, {"ssrl": (0.69, 1.0)})
+    sp = _run_folder(tmp_path / "sp", 1986, {"ssrl": (0.74, 1.2)}, start="spectral clustering (10-NN graph) (K0 = 20)")
+    sp2 = _run_folder(tmp_path / "sp", 1987, {"ssrl": (0.73, 1.2)}, start="spectral clustering (10-NN graph) (K0 = 20)")
+    out = tmp_path / "o"
+    sm.main(["--out", str(out), "--reference", "SP", "--row", f"SP={sp}:ssrl,{sp2}:ssrl", "--row", f"KM={km}:ssrl"])
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["start"] is None and summ["starts"] == {"SP": "spectral clustering (10-NN graph) (K0 = 20)",
+                                                         "KM": "k-means (K0 = 20)"}
+    assert "starts (they differ between rows): SP: spectral" in (out / "summary.md").read_text()
+    assert summ["rows"]["KM"]["vs_reference"]["seeds"] == ["1986"]
+    with pytest.raises(SystemExit, match="'MIX': its seeds' folders use different starts"):
+        sm.main(["--out", str(tmp_path / "o2"), "--reference", "MIX", "--row", f"MIX={km}:ssrl,{sp2}:ssrl"])

@@ -85,15 +85,25 @@ def fixed_row(name: str, scores: str, seeds: Sequence[str]) -> Dict[str, Dict]:
                    "fixed": True, "commit": None} for seed in seeds}
 
 
-def check_same_corpus(rows: Dict[str, Dict[str, Dict]]) -> Tuple[str, str, str]:
-    """Every source must use one corpus, one test list and one start; else a one-line refusal."""
-    seen = {(s["corpus"], s["data_folder"], s["test_list"], s["start"]) for r in rows.values() for s in r.values()
+def check_same_corpus(rows: Dict[str, Dict[str, Dict]]) -> Tuple[str, str, Dict[str, str]]:
+    """Every source must use one corpus and one test list, and the seeds of a row one start (rows may differ in it:
+    e.g. k-means against spectral clustering, both of the same DINO teacher); else a one-line refusal. Returns the
+    corpus, the test list and each trained row's start."""
+    seen = {(s["corpus"], s["data_folder"], s["test_list"]) for r in rows.values() for s in r.values()
             if not s.get("fixed")}
     if len(seen) != 1:
-        raise SystemExit("the rows' folders use different corpora, test lists or starts: "
+        raise SystemExit("the rows' folders use different corpora or test lists: "
                          + "; ".join(" / ".join(map(str, k)) for k in sorted(seen, key=str)) + " (summarise one at a time)")
-    corpus, _, test_list, start = seen.pop()
-    return corpus, test_list, start
+    starts = {}
+    for name, r in rows.items():
+        own = {s["start"] for s in r.values() if not s.get("fixed")}
+        if len(own) > 1:
+            raise SystemExit(f"--row {name!r}: its seeds' folders use different starts: "
+                             + "; ".join(sorted(map(str, own))) + " (one start per row)")
+        if own:
+            starts[name] = own.pop()
+    corpus, _, test_list = seen.pop()
+    return corpus, test_list, starts
 
 
 def mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -103,7 +113,7 @@ def mean(values: Sequence[Optional[float]]) -> Optional[float]:
 
 def summarize(rows: Dict[str, Dict[str, Dict]], reference: str) -> Dict:
     """The summary's numbers: per row and seed the labels and EER, per row the means and the paired differences."""
-    corpus, test_list, start = check_same_corpus(rows)
+    corpus, test_list, starts = check_same_corpus(rows)
     ref = rows[reference]
     table = {}
     for name, seeds in rows.items():
@@ -127,7 +137,9 @@ def summarize(rows: Dict[str, Dict[str, Dict]], reference: str) -> Dict:
                                    "holds": bool(abs(d) > 2 * se),
                                    "same_sign_every_seed": bool(all(x < 0 for x in per) or all(x > 0 for x in per))}
         table[name] = row
-    return {"corpus": corpus, "test_list": test_list, "start": start, "reference": reference, "rows": table,
+    distinct = sorted(set(starts.values()))
+    start = distinct[0] if len(distinct) == 1 else None
+    return {"corpus": corpus, "test_list": test_list, "start": start, "starts": starts, "reference": reference, "rows": table,
             "sources": {n: {s: {k: v for k, v in src.items() if k != "entry"} for s, src in seeds.items()}
                         for n, seeds in rows.items()}}
 
@@ -141,7 +153,9 @@ def summary_markdown(summ: Dict, title: str, command: str, heading: str = "###")
     seeds_all = sorted({s for r in rows.values() for s in r["seeds"]})
     lines = [f"{heading} {title}", "",
              f"- command: `{command}` (run from `recipes/VoxCeleb/SSRL`; it reads finished run folders, trains nothing)",
-             f"- corpus: {summ['corpus']}; test list `{summ['test_list']}`; start of every system: {summ['start']}",
+             f"- corpus: {summ['corpus']}; test list `{summ['test_list']}`; "
+             + (f"start of every system: {summ['start']}" if summ.get("start") is not None else
+                "starts (they differ between rows): " + "; ".join(f"{n}: {st}" for n, st in summ["starts"].items())),
              f"- training seeds: {', '.join(seeds_all)}; per-seed values are listed in seed order", ""]
     lines += ["| System | seeds | label NMI start → end (per seed) | NMI end, mean | purity (per seed) | clusters | "
               "max speakers / home | EER % (per seed) | EER mean |", "|---|---|---|---|---|---|---|---|---|"]
