@@ -121,7 +121,8 @@ def test_rows_may_differ_in_start_but_not_their_seeds(tmp_path, sm):
     summ = json.loads((out / "summary.json").read_text())
     assert summ["start"] is None and summ["starts"] == {"SP": "spectral clustering (10-NN graph) (K0 = 20)",
                                                          "KM": "k-means (K0 = 20)"}
-    assert "starts (they differ between rows): SP: spectral" in (out / "summary.md").read_text()
+    assert ("starts (they differ between rows): spectral clustering (10-NN graph) (K0 = 20) (SP); k-means (K0 = 20) (KM)"
+            in (out / "summary.md").read_text())
     assert summ["rows"]["KM"]["vs_reference"]["seeds"] == ["1986"]
     with pytest.raises(SystemExit, match="'MIX': its seeds' folders use different starts"):
         sm.main(["--out", str(tmp_path / "o2"), "--reference", "MIX", "--row", f"MIX={km}:ssrl,{sp2}:ssrl"])

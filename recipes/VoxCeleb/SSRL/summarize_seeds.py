@@ -155,7 +155,9 @@ def summary_markdown(summ: Dict, title: str, command: str, heading: str = "###")
              f"- command: `{command}` (run from `recipes/VoxCeleb/SSRL`; it reads finished run folders, trains nothing)",
              f"- corpus: {summ['corpus']}; test list `{summ['test_list']}`; "
              + (f"start of every system: {summ['start']}" if summ.get("start") is not None else
-                "starts (they differ between rows): " + "; ".join(f"{n}: {st}" for n, st in summ["starts"].items())),
+                "starts (they differ between rows): " + "; ".join(
+                    f"{st} ({', '.join(n for n, x in summ['starts'].items() if x == st)})"
+                    for st in dict.fromkeys(summ["starts"].values()))),
              f"- training seeds: {', '.join(seeds_all)}; per-seed values are listed in seed order", ""]
     lines += ["| System | seeds | label NMI start → end (per seed) | NMI end, mean | purity (per seed) | clusters | "
               "max speakers / home | EER % (per seed) | EER mean |", "|---|---|---|---|---|---|---|---|---|"]
