@@ -45,6 +45,20 @@ lowers NMI and purity and raises the speakers per home (the label-free threshold
 6-10 clusters and already doubles it). At this representation strength a merging re-clustering would trade NMI for
 cluster count: the count criterion of #13 (fall toward the true speakers) and its NMI and speakers-per-home criteria
 pull apart, and the MiniVox re-clustering keeps K at the active count.
+
+Spectral and size-balanced rows (sixteenth session, ``bench/results/cluster_count_probe_spectral_minivox_demo.json``;
+the embeddings of make demo's 8-epoch C=64 DINO and of an SSRL run at the k-means defaults, per corpus seed; NMI, mean
+of 3 seeds, and the most speakers per home):
+
+    teacher        km200         km300         spectral nn5  spectral nn10  spectral nn20  balanced200
+    seed 0 DINO    0.643 (5.7)   0.675 (3.7)   0.669 (2.0)   0.671 (2.0)    0.662 (2.0)    0.657 (3.0)
+    seed 0 SSRL    0.693 (4.0)   0.709 (3.7)   0.710 (3.0)   0.711 (3.0)    0.710 (2.0)    0.695 (3.3)
+    seed 1 DINO    0.657 (4.3)   0.687 (3.0)   0.692 (2.0)   0.686 (3.0)    0.677 (2.0)    0.670 (2.7)
+    seed 1 SSRL    0.702 (3.7)   0.716 (3.0)   0.720 (2.0)   0.714 (2.0)    0.705 (2.0)    0.702 (4.7)
+
+At the same K0 = 200, spectral clustering of the 10-NN graph beats k-means by 0.013-0.029 NMI and halves the most
+speakers sharing one home; a size-balanced k-means gains less. This chose ``cluster_method: spectral`` with 10
+neighbours as the candidate (nn10 over nn20 on corpus seed 0; the nn5 rows were added after the choice).
 """
 
 from __future__ import annotations
