@@ -128,7 +128,8 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     # teacher embeddings the epoch recorded (here with the batch-wise nearest relabelling, which keeps none itself)
     out2 = str(tmp_path / "ssrl_rc_labels")
     proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *[a.replace(out, out2) for a in args],
-                      "--recluster_init=labels", "--recluster_embeddings=epoch", "--relabel_assignment=nearest",
+                      "--recluster_init=labels", "--cluster_method=kmeans", "--recluster_embeddings=epoch",
+                      "--relabel_assignment=nearest",
                       "--number_of_epochs=3")
     saved = torch.load(os.path.join(out2, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
     assert saved["config"]["init"] == "labels" and history(out2)[2]["reclustered"] == "1"
