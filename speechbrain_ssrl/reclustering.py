@@ -1,4 +1,4 @@
-"""Re-clustering inside one SSRL run: a fresh k-means of the teacher's embeddings at chosen epochs.
+"""Re-clustering inside one SSRL run: a fresh clustering of the teacher's embeddings at chosen epochs.
 
 Neither the paper nor the release does this (issue #13; yaml key ``recluster_epochs``, default ``[]``). The
 online loop relabels each utterance from the current labels' neighbourhood (nearest prototype, queue vote,
@@ -12,7 +12,8 @@ run, at the end of the listed epochs, without restarting the model:
    clustering does (``recluster_embeddings: pass``), or the run takes the teacher embeddings its relabelling
    recorded during the epoch, one clean teacher crop per utterance, and embeds nothing (``epoch``,
    :func:`epoch_embeddings`; an utterance the epoch did not see stands in as its cluster's mean), and k-means splits them into as many clusters as are active (``recluster_init:
-   k-means++``), or starts from the current labels' mean embeddings (``labels``: Lloyd to convergence from the
+   k-means++``; with ``cluster_method: spectral``, the MiniVox default, a spectral clustering of their k-NN graph
+   does, ``spectral_clustering.py``), or starts from the current labels' mean embeddings (``labels``: Lloyd to convergence from the
    labels, so it keeps what they know where the embeddings agree; ``bench/relabel_probe.py``'s ``lloyd_30``);
 2. each new cluster takes the id of the active cluster it shares the most utterances with (a one-to-one
    matching, :func:`map_onto`), so ids, queues and pruning keep their meaning;
