@@ -190,12 +190,10 @@ def initial_clustering(
     if ddp_broadcast(os.path.isfile(path)) if shard else os.path.isfile(path):  # rank 0's view decides
         data = load_initial_clustering(path, expected_ids=ids, expected_k=k)
         logger.info("initial clustering: reusing %s (%d utterances, k = %d)", path, len(ids), k)
-        now = dict(max_seconds=max_seconds, n_iter=n_iter, seed=seed, spherical=spherical, init=init)
+        now = dict(max_seconds=max_seconds, n_iter=n_iter, seed=seed, spherical=spherical, init=init, method=method)
         if method != "kmeans":
-            now.update(method=method, n_neighbors=int(n_neighbors))
-        elif (data.get("config") or {}).get("method", "kmeans") != "kmeans":
-            now["method"] = "kmeans"
-        saved = data.get("config") or {}
+            now["n_neighbors"] = int(n_neighbors)
+        saved = {"method": "kmeans", **(data.get("config") or {})}  # k-means files do not name their method
         diff = {key: (saved.get(key), val) for key, val in now.items() if key in saved and saved[key] != val}
         if diff:
             logger.warning(
@@ -216,10 +214,7 @@ def initial_clustering(
                 "Re-run the data preparation if it moved"
             )
 
-    check_method(method, n_neighbors)
-    if method != "kmeans" and (init == "labels" or init_labels is not None):
-        raise ValueError(f"cluster_method: {method} cannot start from the current labels (recluster_init: labels is "
-                         "k-means only); set recluster_init: k-means++")
+    check_method(method, n_neighbors, from_labels=init == "labels" or init_labels is not None)
     if init == "labels" and init_labels is None:
         raise ValueError("init: labels needs init_labels (the labels whose clusters start k-means)")
     if init_labels is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 __all__ = ["METHODS", "MAX_CELLS", "check_method", "spectral_clustering"]
@@ -30,13 +31,17 @@ METHODS = ("kmeans", "spectral")
 MAX_CELLS = 5e8  # N x k above which the dense eigenvector block alone is several GB: refused
 
 
-def check_method(method: str, n_neighbors: int, key: str = "cluster_method") -> str:
-    """``method`` if it is one of :data:`METHODS` and ``n_neighbors`` >= 1 (for ``spectral``), else one-line
-    ``ValueError``s naming the yaml key."""
+def check_method(method: str, n_neighbors: int, from_labels: bool = False, key: str = "cluster_method") -> str:
+    """``method`` if it is one of :data:`METHODS`, ``n_neighbors`` >= 1 (for ``spectral``) and, when the clustering
+    is to start from the current labels (``from_labels``: ``recluster_init: labels``), the method is k-means; else
+    one-line ``ValueError``s naming the yaml keys. The recipe checks at start what the clustering checks again."""
     if method not in METHODS:
         raise ValueError(f"{key}: {method!r} is not one of {', '.join(METHODS)}")
     if method == "spectral" and (isinstance(n_neighbors, bool) or int(n_neighbors) < 1):
         raise ValueError(f"spectral_neighbors: {n_neighbors!r} must be a positive int")
+    if from_labels and method != "kmeans":
+        raise ValueError(f"recluster_init: labels is k-means only, but {key} is {method}: set recluster_init: "
+                         "k-means++ or cluster_method: kmeans")
     return method
 
 
@@ -62,11 +67,7 @@ def spectral_clustering(x: torch.Tensor, k: int, n_neighbors: int = 10, seed: in
                                assign_labels="cluster_qr", random_state=int(seed))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        raw = torch.as_tensor(model.fit(xf.numpy()).labels_, dtype=torch.long)
-    _, first = torch.unique(raw, sorted=False, return_inverse=True)
+        raw = model.fit(xf.numpy()).labels_
     # order of first appearance: stable ids whatever sklearn's numbering
-    order = torch.full((int(first.max()) + 1,), n, dtype=torch.long).scatter_reduce(
-        0, first, torch.arange(n), reduce="amin")
-    rank = torch.empty_like(order)
-    rank[torch.argsort(order)] = torch.arange(order.numel())
-    return rank[first]
+    _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
+    return torch.as_tensor(np.argsort(np.argsort(first))[inverse], dtype=torch.long)

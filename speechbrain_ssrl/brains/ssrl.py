@@ -160,10 +160,8 @@ class SSRLBrain(SSLBrainBase):
         self.recluster_source = recluster_embeddings(getattr(h, "recluster_embeddings", None))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
-        method = check_method(str(getattr(h, "cluster_method", "kmeans")), getattr(h, "spectral_neighbors", 10))
-        if method != "kmeans" and str(getattr(h, "recluster_init", "k-means++")) == "labels" and self.recluster_at:
-            raise ValueError(f"recluster_init: labels is k-means only, but cluster_method is {method}: set "
-                             "recluster_init: k-means++ or cluster_method: kmeans")
+        check_method(str(getattr(h, "cluster_method", "kmeans")), getattr(h, "spectral_neighbors", 10),
+                     from_labels=str(getattr(h, "recluster_init", "k-means++")) == "labels" and bool(self.recluster_at))
         if h.teacher_bn not in ("eval", "train", "recal"):
             raise ValueError(f"teacher_bn: {h.teacher_bn!r} is not one of eval, train, recal (see the yaml's comment)")
         L, e_fix = int(h.queue_length), int(h.fixed_label_epochs)

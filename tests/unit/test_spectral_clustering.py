@@ -75,6 +75,10 @@ def test_initial_clustering_spectral_saves_method_and_full_centroids(tmp_path, c
     assert torch.equal(again["labels"], res["labels"]) and "method" in caplog.text  # reused, the difference named
     km = initial_clustering(None, str(csv_path), str(tmp_path / "b"), 6, embeddings=x, progress=False, seed=0)
     assert "method" not in km["config"]  # k-means files keep their old config
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # and the other way: a k-means file reused for spectral is named too
+        initial_clustering(None, str(csv_path), str(tmp_path / "b"), 6, embeddings=x, method="spectral", progress=False)
+    assert "method" in caplog.text
     with pytest.raises(ValueError, match="recluster_init: labels is"):
         initial_clustering(None, str(csv_path), str(tmp_path / "c"), 6, embeddings=x, method="spectral",
                            init_labels=truth, progress=False)
