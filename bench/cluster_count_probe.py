@@ -59,6 +59,22 @@ of 3 seeds, and the most speakers per home):
 At the same K0 = 200, spectral clustering of the 10-NN graph beats k-means by 0.013-0.029 NMI and halves the most
 speakers sharing one home; a size-balanced k-means gains less. This chose ``cluster_method: spectral`` with 10
 neighbours as the candidate (nn10 over nn20 on corpus seed 0; the nn5 rows were added after the choice).
+
+Spectral clustering at other counts and the eigengap (seventeenth session, ``--spectral_k 116,150,250 --eigengap 20``,
+``bench/results/cluster_count_probe_spectral_k_minivox_demo.json``; NMI, mean of 2 seeds, and the most speakers per
+home; SSRL = a run at the spectral MiniVox defaults, training seed 1986):
+
+    teacher        spectral116   spectral150   spectral200   spectral250   eigengap k (gap / median gap)
+    seed 0 DINO    0.630 (4)     0.648 (3)     0.671 (2)     0.687 (2)     24 (0.0085 / 0.0016)
+    seed 0 SSRL    0.716 (3)     0.730 (3)     0.745 (2)     0.750 (2)     75 (0.0088 / 0.0017)
+    seed 1 DINO    0.651 (4)     0.669 (2)     0.686 (3)     0.699 (2)     88 (0.0075 / 0.0017)
+    seed 1 SSRL    0.723 (3)     0.726 (3)     0.735 (2)     0.743 (2)     184 (0.0089 / 0.0019)
+
+Spectral clustering behaves as k-means does: fewer clusters, lower NMI and purity, more speakers per home, for every
+teacher, including the SSRL teachers of the spectral defaults. The eigengap heuristic (the largest jump of the
+normalised Laplacian's sorted eigenvalues between 20 and 300 clusters) finds no count: its largest jump is about five
+median jumps, at 24, 75, 88 or 184 clusters for 116 speakers. Nothing in these embeddings tells the loop how far to
+lower K, and lowering it costs labels; the MiniVox re-clusterings keep K0.
 """
 
 from __future__ import annotations
@@ -72,6 +88,28 @@ import time
 import torch
 
 
+def eigengap_count(emb: torch.Tensor, n_neighbors: int, k_min: int, k_max: int) -> dict:
+    """The eigengap heuristic on the graph that ``spectral_clustering`` partitions (symmetric n-NN connectivity,
+    normalised Laplacian, as scikit-learn builds it): the count k in [k_min, k_max] after which the sorted
+    eigenvalues jump the most, that jump, and the median jump over the range (a clear gap is many times the median).
+    Dense eigenvalues (numpy): refused above 10,000 rows."""
+    import numpy as np
+    from scipy.sparse.csgraph import laplacian
+    from sklearn.neighbors import kneighbors_graph
+
+    n = emb.shape[0]
+    if n > 10_000:
+        raise SystemExit(f"--eigengap: {n} rows, the dense eigenvalues stop at 10,000; drop --eigengap")
+    if not 1 <= k_min < k_max < n:
+        raise SystemExit(f"--eigengap: need 1 <= K_MIN ({k_min}) < the largest count probed ({k_max}) < rows ({n})")
+    graph = kneighbors_graph(emb.numpy(), min(n_neighbors, n - 1), mode="connectivity", include_self=True)
+    lap = laplacian(0.5 * (graph + graph.T), normed=True)
+    values = np.sort(np.linalg.eigvalsh(lap.toarray()))[: k_max + 1]
+    gaps = np.diff(values)[k_min - 1:]  # gaps[j]: value[k_min + j] - value[k_min + j - 1], i.e. after k_min + j clusters
+    j = int(np.argmax(gaps))
+    return {"k": k_min + j, "gap": round(float(gaps[j]), 5), "median_gap": round(float(np.median(gaps)), 5)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train_csv", required=True, help="prepared train.csv with the spk_id column")
@@ -83,6 +121,11 @@ def main(argv=None):
     ap.add_argument("--linkage", default="average,complete", help="comma-separated linkages for merging")
     ap.add_argument("--spectral_neighbors", default="",
                     help="comma-separated neighbour counts for the spectral rows (empty: no spectral rows)")
+    ap.add_argument("--spectral_k", default="",
+                    help="comma-separated cluster counts for the spectral rows besides --k0 (empty: --k0 only)")
+    ap.add_argument("--eigengap", type=int, default=0, metavar="K_MIN",
+                    help="> 0: per spectral neighbour count, the eigengap estimate of the cluster count between "
+                         "K_MIN and the largest count probed (dense eigenvalues: at most 10,000 rows)")
     ap.add_argument("--balanced", action="store_true", help="add the size-balanced k-means row")
     ap.add_argument("--seeds", type=int, default=3, help="k-means seeds 0..n-1 per row (mean reported)")
     ap.add_argument("--max_seconds", type=float, default=6.0)
@@ -154,9 +197,14 @@ def main(argv=None):
                                                      distance_threshold=1.0 - tau).fit(C.numpy()).labels_
                     merged.setdefault(f"merge_{link}_{tag}", []).append(report(torch.as_tensor(groups)[lab]))
         res.update({key: mean_of(rows) for key, rows in merged.items()})
+        spectral_ks = sorted({int(v) for v in a.spectral_k.split(",") if v.strip()} | {a.k0})
         for nn in [int(v) for v in a.spectral_neighbors.split(",") if v.strip()]:
-            res[f"spectral{a.k0}_nn{nn}"] = mean_of([report(spectral_clustering(emb, a.k0, n_neighbors=nn, seed=s))
-                                                     for s in range(a.seeds)])
+            for k in spectral_ks:
+                res[f"spectral{k}_nn{nn}"] = mean_of([report(spectral_clustering(emb, k, n_neighbors=nn, seed=s))
+                                                      for s in range(a.seeds)])
+            if a.eigengap > 0:
+                k_max = max(spectral_ks + [int(v) for v in a.k.split(",")])
+                res[f"eigengap_nn{nn}"] = eigengap_count(emb, nn, a.eigengap, k_max)
         if a.balanced:
             rows = []
             for s in range(a.seeds):

@@ -31,7 +31,7 @@ def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
     out = tmp_path / "probe.json"
     _probe().main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}",
                    "--k", "3,6,12", "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "2",
-                   "--spectral_neighbors", "5", "--balanced", "--out", str(out)])
+                   "--spectral_neighbors", "5", "--spectral_k", "6", "--eigengap", "2", "--balanced", "--out", str(out)])
     res = json.loads(out.read_text())["results"]["t"]
     assert res["km6"]["nmi"] == 1.0 and res["km6"]["max_speakers_per_home"] == 1
     assert res["km3"]["clusters"] == 3 and res["km3"]["max_speakers_per_home"] >= 2  # 6 speakers in 3 clusters
@@ -42,6 +42,10 @@ def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
     assert {"merge_average_own_mean", "own_mean", "seconds"} <= set(res)
     # the 5-NN graph of 6 tight speakers has 6 parts: spectral into 12 splits speakers, never mixes them
     assert res["spectral12_nn5"]["purity"] == 1.0 and res["spectral12_nn5"]["max_speakers_per_home"] == 1
+    assert res["spectral6_nn5"]["nmi"] == 1.0  # the --spectral_k row at the true count
+    # six graph components: six zero eigenvalues, then the largest jump of the normalised Laplacian's spectrum
+    gap = res["eigengap_nn5"]
+    assert gap["k"] == 6 and gap["gap"] > 10 * gap["median_gap"]
     assert res["balanced12"]["clusters"] <= 12 and res["balanced12"]["purity"] == 1.0
 
 
