@@ -6,7 +6,10 @@ ratio of about 11.6 utterances per cluster and 20 per speaker; NMI of both again
 
     python bench/spectral_scale.py --sizes 2320,10000,25000,50000 --time_limit 240 --out spectral_scale.json
 
-Each size runs in a child process under ``--time_limit`` seconds (a size over it is recorded as timed out and the
+On a machine shared with another job, give ``--threads``: on the 2-core machine, with a training run beside it and
+the libraries' default threads (2), the 2,320 x 200 clustering took 1.3-21 s from one run to the next (OpenBLAS
+threads contending for the busy cores), with ``--threads 1`` 0.66-0.78 s (the recipe's in-run clusterings of
+MiniVox took 0.7-0.9 s). Each size runs in a child process under ``--time_limit`` seconds (a size over it is recorded as timed out and the
 larger ones are skipped). The recipe refuses N x K > 5e8 (``spectral_clustering.MAX_CELLS``).
 """
 
@@ -28,7 +31,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 
-def one_size(n: int, dim: int, seed: int, queue) -> None:
+def one_size(n: int, dim: int, seed: int, queue, threads: int | None = None) -> None:
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(threads)
+        threadpool_limits(limits=threads)  # OpenBLAS / OpenMP of numpy, scipy and scikit-learn
     from kmeans import speaker_data
 
     from speechbrain_ssrl.clustering import kmeans
@@ -37,7 +45,7 @@ def one_size(n: int, dim: int, seed: int, queue) -> None:
 
     k = max(2, round(n / 11.6))
     x, spk = speaker_data(n, dim, max(2, n // 20), seed=seed)[:2]
-    row = {"N": n, "K": k, "speakers": int(spk.max()) + 1}
+    row = {"N": n, "K": k, "speakers": int(spk.max()) + 1, "torch_threads": torch.get_num_threads()}
     t = time.perf_counter()
     lab = kmeans(x, k, seed=seed)[1]
     row["kmeans_seconds"] = round(time.perf_counter() - t, 2)
@@ -56,14 +64,17 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time_limit", type=float, default=240.0, help="seconds per size")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and BLAS threads in each size's process (default: the libraries' own choice)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     out = {"what": "bench/spectral_scale.py", "machine": platform.processor() or platform.machine(),
-           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "rows": []}
+           "cpus": os.cpu_count(), "torch_threads": a.threads or torch.get_num_threads(),
+           "blas_threads": a.threads or "library default", "rows": []}
     ctx = mp.get_context("spawn")
     for n in [int(v) for v in a.sizes.split(",")]:
         q = ctx.Queue()
-        p = ctx.Process(target=one_size, args=(n, a.dim, a.seed, q))
+        p = ctx.Process(target=one_size, args=(n, a.dim, a.seed, q, a.threads))
         p.start()
         p.join(a.time_limit)
         if p.is_alive():
