@@ -23,6 +23,10 @@ Two options (neither paper nor release; issue #13), both off by default:
   ``NoisyLabelModel(noisy_floor="log_k")`` uses ``log K`` (K active clusters): the loss of a uniform
   guess, which a label the teacher favours stays below. A 2-component fit always splits, also when
   every label is correct.
+* ``noisy_min_fraction``: when fewer than this fraction of the fitted losses fall on the noisy side
+  (``p < 0.5``) there is no noisy mode either, and every ``p`` is 1 (``gated``). A handful of outlying
+  losses is not a population of wrong labels: at MiniVox scale such "modes" held 0.5-1 % of the
+  utterances, the wrong labels of the label-correction benches 12-30 % (recipe README, seventeenth session).
 
 ``bench/clean_detector_probe.py`` measures the rules on finished runs.
 """
@@ -55,7 +59,9 @@ class GMMFit:
     fields are plain Python values for logging; ``means`` / ``variances`` / ``weights`` are
     ``(clean, noisy)`` pairs (component with the smaller mean first, in the fitted domain: log loss or
     loss), all ``nan`` when no GMM was fitted (``degenerate`` then says why). ``gated``: the noisy
-    component's mean loss was not above ``noisy_floor``, so ``p`` is 1 everywhere.
+    component's mean loss was not above ``noisy_floor``, or less than ``noisy_min_fraction`` of the losses
+    fell on its side, so ``p`` is 1 everywhere. ``noisy_fraction``: the share of the losses with a clean
+    posterior below 0.5, before any gate.
     """
 
     p: torch.Tensor
@@ -68,6 +74,7 @@ class GMMFit:
     clip_high: float = float("nan")
     degenerate: Optional[str] = None
     gated: bool = False
+    noisy_fraction: float = float("nan")
 
     def stats(self) -> Dict[str, Any]:
         """Flat dict of the scalar fields (for ``history.csv``)."""
@@ -84,6 +91,7 @@ class GMMFit:
             "gmm_clip_high": self.clip_high,
             "gmm_degenerate": self.degenerate,
             "gmm_gated": self.gated,
+            "gmm_noisy_fraction": self.noisy_fraction,
         }
 
 
@@ -104,6 +112,12 @@ def _losses_to_numpy(losses) -> Tuple[np.ndarray, torch.device, torch.Size]:
     return np.maximum(x, 0.0), device, shape
 
 
+def _check_min_fraction(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"gmm_noisy_min_fraction: {value!r} must be a fraction in [0, 1); fix the yaml key")
+    return float(value)
+
+
 def fit_clean_gmm(
     losses,
     *,
@@ -117,6 +131,7 @@ def fit_clean_gmm(
     reg_covar: float = 1e-6,
     space: str = "log_loss",
     noisy_floor: Optional[float] = None,
+    noisy_min_fraction: float = 0.0,
 ) -> GMMFit:
     """Fit the clean / noisy GMM on ``log(losses + eps)`` (or the losses); see the module docstring.
 
@@ -131,12 +146,15 @@ def fit_clean_gmm(
     space : ``log_loss`` (release) or ``loss`` (the losses, clipped above at their ``high_q`` quantile)
     noisy_floor : ``None`` (release) or a loss: a noisy component whose mean loss is not above it gives
         ``p = 1`` everywhere (``gated``)
+    noisy_min_fraction : 0 (release) or a fraction: fewer losses than this share with a clean posterior
+        below 0.5 also give ``p = 1`` everywhere (``gated``)
 
     Degenerate input: NaN / inf / clearly negative losses raise ``ValueError``; fewer than two
     losses, or losses that are all equal after clipping, give ``p = 1`` everywhere with a warning.
     """
     if not 0.0 <= low_q < high_q <= 1.0:
         raise ValueError(f"need 0 <= low_q < high_q <= 1, got {low_q}, {high_q}")
+    _check_min_fraction(noisy_min_fraction)
     if space not in GMM_SPACES:
         raise ValueError(f"gmm_space must be one of {GMM_SPACES}, got {space!r}")
     x, device, shape = _losses_to_numpy(losses)
@@ -185,7 +203,8 @@ def fit_clean_gmm(
     noisy_mean_loss = float(means[order[1]])
     if space == "log_loss":
         noisy_mean_loss = float(np.exp(noisy_mean_loss)) - eps
-    gated = noisy_floor is not None and noisy_mean_loss <= float(noisy_floor)
+    noisy_fraction = float((post < 0.5).mean())
+    gated = (noisy_floor is not None and noisy_mean_loss <= float(noisy_floor)) or noisy_fraction < float(noisy_min_fraction)
     if gated:
         post = np.ones_like(post)
     return GMMFit(
@@ -198,6 +217,7 @@ def fit_clean_gmm(
         clip_low=low,
         clip_high=high,
         gated=bool(gated),
+        noisy_fraction=noisy_fraction,
     )
 
 
@@ -231,6 +251,7 @@ class NoisyLabelModel(StateRecoverable):
     max_iter, tol, eps, low_clip_floor, low_q, high_q, seed, reg_covar, space : see ``fit_clean_gmm``
     noisy_floor : ``None`` (release), a loss, or ``"log_k"``: ``log`` of the ``n_classes`` given to
         ``update`` (the active clusters), see ``fit_clean_gmm``
+    noisy_min_fraction : see ``fit_clean_gmm`` (0 = release)
 
     ``p`` lives on the CPU; ``weights(indices)`` returns it on the device of ``indices``.
     """
@@ -250,6 +271,7 @@ class NoisyLabelModel(StateRecoverable):
         reg_covar: float = 1e-6,
         space: str = "log_loss",
         noisy_floor: Optional[float | str] = None,
+        noisy_min_fraction: float = 0.0,
     ) -> None:
         if int(n) < 0:
             raise ValueError(f"n must be >= 0, got {n}")
@@ -267,10 +289,11 @@ class NoisyLabelModel(StateRecoverable):
             seed=seed,
             reg_covar=reg_covar,
             space=space,
+            noisy_min_fraction=_check_min_fraction(noisy_min_fraction),
         )
         self.p: torch.Tensor = torch.ones(int(n), dtype=torch.float32)
         self.n_updates: int = 0
-        #: fits that found a noisy mode (fitted, not degenerate, not gated by ``noisy_floor``)
+        #: fits that found a noisy mode (fitted, not degenerate, not gated by ``noisy_floor`` / ``noisy_min_fraction``)
         self.noisy_fits: int = 0
         self._last: Dict[str, Any] = {"n_fitted": 0, "mean_p_fitted": float("nan")}
         self._last.update(GMMFit(p=torch.ones(0)).stats())

@@ -100,7 +100,7 @@ class SSRLBrain(SSLBrainBase):
         "n_clusters": ["n_clusters"],
         "label_quality": ["nmi", "purity", "accuracy"],
         "labels_changed": ["labels_changed", "hat_changed", "recluster_changed"],
-        "clean_probability": ["mean_p", "frac_noisy"],
+        "clean_probability": ["mean_p", "frac_noisy", "gmm_noisy_fraction"],
         "teacher_assignments": ["hat_nmi", "hat_purity", "nmi"],
         "cluster_sizes": ["size_min", "size_median", "size_max"],
         "pruning": ["pruned_top_share", "pruned_proto_cos"],
@@ -134,7 +134,8 @@ class SSRLBrain(SSLBrainBase):
             queue_tie=h.queue_tie,
             noisy_label_model=h.noisy_label_model,
             gmm_kwargs={"space": str(getattr(h, "gmm_space", "log_loss")),
-                        "noisy_floor": getattr(h, "gmm_noisy_floor", None)},
+                        "noisy_floor": getattr(h, "gmm_noisy_floor", None),
+                        "noisy_min_fraction": float(getattr(h, "gmm_noisy_min_fraction", 0.0))},
         )
         self.true_labels = true_labels  # diagnostics only
         self.speaker_names = speaker_names  # names of the true label ids (label_merges.csv)

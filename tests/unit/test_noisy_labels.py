@@ -224,3 +224,30 @@ def test_noisy_floor_setting_reads_the_yaml_key_once():
     assert NoisyLabelModel(4, noisy_floor="none").noisy_floor is None
     with pytest.raises(ValueError, match="gmm_noisy_floor"):
         NoisyLabelModel(4, noisy_floor="null")
+
+
+def test_noisy_min_fraction_gates_a_handful_of_outliers_only():
+    """``gmm_noisy_min_fraction``: a noisy side holding fewer than that share of the losses is no noisy mode
+    (p = 1, and ``recluster_if: never_noisy`` does not count it); a population of wrong labels is kept."""
+    floor = math.log(116)
+    few, _ = _bulk_tail_and_wrong(wrong=0.01)  # 20 outlying losses of 2,000
+    plain = fit_clean_gmm(few, space="loss", noisy_floor=floor)
+    assert not plain.gated and 0.005 < plain.noisy_fraction < 0.03  # above the floor: counted as a mode
+    gated = fit_clean_gmm(few, space="loss", noisy_floor=floor, noisy_min_fraction=0.05)
+    assert gated.gated and torch.equal(gated.p, torch.ones_like(gated.p))
+    assert gated.noisy_fraction == plain.noisy_fraction  # reported before the gate
+    many, _ = _bulk_tail_and_wrong(wrong=0.18)
+    kept = fit_clean_gmm(many, space="loss", noisy_floor=floor, noisy_min_fraction=0.05)
+    assert not kept.gated and torch.equal(kept.p, fit_clean_gmm(many, space="loss", noisy_floor=floor).p)
+    idx = torch.arange(2000)
+    counted = NoisyLabelModel(2000, space="loss", noisy_floor="log_k")
+    ignored = NoisyLabelModel(2000, space="loss", noisy_floor="log_k", noisy_min_fraction=0.05)
+    counted.update(idx, few, n_classes=116)
+    s = ignored.update(idx, few, n_classes=116)
+    assert counted.noisy_fits == 1 and ignored.noisy_fits == 0
+    assert s["gmm_gated"] is True and 0.005 < s["gmm_noisy_fraction"] < 0.03 and s["mean_p"] == 1.0
+    for bad in (-0.1, 1.0, True, "0.05"):
+        with pytest.raises(ValueError, match="gmm_noisy_min_fraction"):
+            fit_clean_gmm(few, noisy_min_fraction=bad)
+        with pytest.raises(ValueError, match="gmm_noisy_min_fraction"):
+            NoisyLabelModel(10, noisy_min_fraction=bad)  # refused at the start of a run
