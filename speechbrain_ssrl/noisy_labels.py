@@ -12,7 +12,7 @@ into a probability ``p_n`` that the pseudo label is clean (as in the authors' re
 ``GaussianMixture`` (k-means initialisation, ``random_state=seed``), so it is deterministic and,
 given the same all-gathered losses, identical on every DDP rank.
 
-Two options (neither paper nor release; issue #13), both off by default:
+Three options (neither paper nor release; issue #13), all off by default:
 
 * ``space="loss"`` fits the GMM on the loss itself (clipped at its ``high_q`` quantile), as DivideMix
   does, instead of on its log. In the log domain the many near-zero losses of correct labels spread over

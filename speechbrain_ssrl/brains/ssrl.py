@@ -135,7 +135,7 @@ class SSRLBrain(SSLBrainBase):
             noisy_label_model=h.noisy_label_model,
             gmm_kwargs={"space": str(getattr(h, "gmm_space", "log_loss")),
                         "noisy_floor": getattr(h, "gmm_noisy_floor", None),
-                        "noisy_min_fraction": float(getattr(h, "gmm_noisy_min_fraction", 0.0))},
+                        "noisy_min_fraction": getattr(h, "gmm_noisy_min_fraction", 0.0)},
         )
         self.true_labels = true_labels  # diagnostics only
         self.speaker_names = speaker_names  # names of the true label ids (label_merges.csv)

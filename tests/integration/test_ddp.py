@@ -14,9 +14,9 @@ def test_ssrl_torchrun_two_cpu_ranks(minivox_ci, dino_ci, tmp_path):
     # one epoch in which the teacher relabels, the labels are updated, clusters pruned and the GMM fitted
     args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", "--K0=16", "--fixed_label_epochs=1",
             "--number_of_epochs=1", "--dump_rank_state=True", *[a for a in TINY_ECAPA if not a.startswith("--batch_size")],
-            # the release's GMM (no floor): the MiniVox default's log-K floor may gate this toy run's fit, and the
-            # test checks that every rank holds the same fitted clean probabilities
-            "--gmm_noisy_floor=none"]
+            # the release's GMM (no floor, no minimum noisy share): the MiniVox defaults' gates may gate this toy
+            # run's fit, and the test checks that every rank holds the same fitted clean probabilities
+            "--gmm_noisy_floor=none", "--gmm_noisy_min_fraction=0"]
     ddp_out = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",

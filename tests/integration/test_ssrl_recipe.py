@@ -178,7 +178,7 @@ def test_ssrl_recluster_if_never_noisy_skips_after_a_noisy_mode(minivox_ci, dino
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}",
                f"--output_folder={out}", "--K0=24", "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01",
                "--ema_start=0.5", "--ema_end=0.9", "--recluster_epochs=[2]", "--recluster_every=0", "--recluster_if=never_noisy",
-               "--gmm_noisy_floor=0", "--validate_every=0", *TINY_ECAPA, "--number_of_epochs=3")
+               "--gmm_noisy_floor=0", "--gmm_noisy_min_fraction=0", "--validate_every=0", *TINY_ECAPA, "--number_of_epochs=3")
     rows = history(out)
     assert rows[1]["gmm_gated"] == "0"
     assert (rows[2]["reclustered"], rows[2]["recluster_skipped"], float(rows[2]["recluster_changed"])) == ("0", "1", 0.0)
@@ -190,7 +190,7 @@ def test_ssrl_recluster_if_never_noisy_skips_after_a_noisy_mode(minivox_ci, dino
 
 
 def test_ssrl_gmm_noisy_min_fraction_keeps_the_reclustering(minivox_ci, dino_ci, tmp_path):
-    """gmm_noisy_min_fraction: the same run as above, but a noisy side smaller than 99 % of the utterances is no
+    """gmm_noisy_min_fraction: the same run as above (there 0), but a noisy side smaller than 99 % of the utterances is no
     noisy mode: epoch 1's fit is gated, nothing counts, and epoch 2's listed re-clustering happens."""
     out = str(tmp_path / "ssrl_min_fraction")
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}",
