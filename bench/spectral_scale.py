@@ -6,11 +6,11 @@ ratio of about 11.6 utterances per cluster and 20 per speaker; NMI of both again
 
     python bench/spectral_scale.py --sizes 2320,10000,25000,50000 --time_limit 240 --out spectral_scale.json
 
-On a machine shared with another job, give ``--threads``: on the 2-core machine, with a training run beside it and
-the libraries' default threads (2), the 2,320 x 200 clustering took 1.3-21 s from one run to the next (OpenBLAS
-threads contending for the busy cores), with ``--threads 1`` 0.66-0.78 s (the recipe's in-run clusterings of
-MiniVox took 0.7-0.9 s). Each size runs in a child process under ``--time_limit`` seconds (a size over it is recorded as timed out and the
-larger ones are skipped). The recipe refuses N x K > 5e8 (``spectral_clustering.MAX_CELLS``).
+On a machine shared with another job, give ``--threads``: on the 2-core machine, with a training run beside it and the
+libraries' default threads (2), the 2,320 x 200 clustering took 1.3-21 s from one run to the next (OpenBLAS threads
+contending for the busy cores), with ``--threads 1`` 0.66-0.78 s (the recipe's in-run clusterings of MiniVox took
+0.7-0.9 s). Each size runs in a child process under ``--time_limit`` seconds (a size over it is recorded as timed out
+and the larger ones are skipped). The recipe refuses N x K > 5e8 (``spectral_clustering.MAX_CELLS``).
 """
 
 from __future__ import annotations

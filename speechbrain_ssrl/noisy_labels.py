@@ -204,7 +204,8 @@ def fit_clean_gmm(
     if space == "log_loss":
         noisy_mean_loss = float(np.exp(noisy_mean_loss)) - eps
     noisy_fraction = float((post < 0.5).mean())
-    gated = (noisy_floor is not None and noisy_mean_loss <= float(noisy_floor)) or noisy_fraction < float(noisy_min_fraction)
+    below_floor = noisy_floor is not None and noisy_mean_loss <= float(noisy_floor)
+    gated = below_floor or noisy_fraction < float(noisy_min_fraction)
     if gated:
         post = np.ones_like(post)
     return GMMFit(

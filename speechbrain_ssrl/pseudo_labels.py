@@ -181,7 +181,8 @@ class PseudoLabelState(StateRecoverable):
             stats["labels_changed"] = 0.0
         if idx.numel() >= 2:
             g = self.noise.update(idx, loss, n_classes=int((~self.pruned).sum()))
-            stats.update({"mean_p": g["mean_p"], "frac_noisy": g["frac_noisy"], "gmm_gated": float(bool(g.get("gmm_gated", False))),
+            stats.update({"mean_p": g["mean_p"], "frac_noisy": g["frac_noisy"],
+                          "gmm_gated": float(bool(g.get("gmm_gated", False))),
                           "gmm_noisy_fraction": float(g.get("gmm_noisy_fraction", float("nan")))})
         else:
             s = self.noise.stats()
