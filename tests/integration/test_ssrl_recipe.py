@@ -170,16 +170,23 @@ def test_ssrl_cluster_method_spectral(minivox_ci, dino_ci, tmp_path):
     assert proc.returncode != 0 and "recluster_init: labels is k-means only" in proc.stdout + proc.stderr
 
 
+def _never_noisy_run(minivox_ci, dino_ci, out, min_fraction):
+    """Three epochs, one label-fixed, a listed re-clustering after epoch 2 under recluster_if: never_noisy, a GMM
+    floor of 0 (every fitted GMM has a noisy mode above it) and the given gmm_noisy_min_fraction; history rows."""
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}",
+               f"--output_folder={out}", "--K0=24", "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01",
+               "--ema_start=0.5", "--ema_end=0.9", "--recluster_epochs=[2]", "--recluster_every=0", "--recluster_if=never_noisy",
+               "--gmm_noisy_floor=0", f"--gmm_noisy_min_fraction={min_fraction}", "--validate_every=0", *TINY_ECAPA,
+               "--number_of_epochs=3")
+    return history(out)
+
+
 def test_ssrl_recluster_if_never_noisy_skips_after_a_noisy_mode(minivox_ci, dino_ci, tmp_path):
     """recluster_if: never_noisy: with a floor of 0 every fitted GMM has a noisy mode, so epoch 1's fit counts and
     epoch 2's listed re-clustering is skipped before anything is embedded (no reclustering/ folder); the count
     is checkpointed."""
     out = str(tmp_path / "ssrl_rc_if")
-    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}",
-               f"--output_folder={out}", "--K0=24", "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01",
-               "--ema_start=0.5", "--ema_end=0.9", "--recluster_epochs=[2]", "--recluster_every=0", "--recluster_if=never_noisy",
-               "--gmm_noisy_floor=0", "--gmm_noisy_min_fraction=0", "--validate_every=0", *TINY_ECAPA, "--number_of_epochs=3")
-    rows = history(out)
+    rows = _never_noisy_run(minivox_ci, dino_ci, out, min_fraction=0)
     assert rows[1]["gmm_gated"] == "0"
     assert (rows[2]["reclustered"], rows[2]["recluster_skipped"], float(rows[2]["recluster_changed"])) == ("0", "1", 0.0)
     assert not os.path.exists(os.path.join(out, "reclustering"))
@@ -193,11 +200,7 @@ def test_ssrl_gmm_noisy_min_fraction_keeps_the_reclustering(minivox_ci, dino_ci,
     """gmm_noisy_min_fraction: the same run as above (there 0), but a noisy side smaller than 99 % of the utterances is no
     noisy mode: epoch 1's fit is gated, nothing counts, and epoch 2's listed re-clustering happens."""
     out = str(tmp_path / "ssrl_min_fraction")
-    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}",
-               f"--output_folder={out}", "--K0=24", "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01",
-               "--ema_start=0.5", "--ema_end=0.9", "--recluster_epochs=[2]", "--recluster_every=0", "--recluster_if=never_noisy",
-               "--gmm_noisy_floor=0", "--gmm_noisy_min_fraction=0.99", "--validate_every=0", *TINY_ECAPA, "--number_of_epochs=3")
-    rows = history(out)
+    rows = _never_noisy_run(minivox_ci, dino_ci, out, min_fraction=0.99)
     assert rows[1]["gmm_gated"] == "1" and float(rows[1]["mean_p"]) == 1.0
     assert 0.0 < float(rows[1]["gmm_noisy_fraction"]) < 0.99
     assert rows[2]["reclustered"] == "1" and rows[2].get("recluster_skipped", "") in ("", "0")
