@@ -26,7 +26,8 @@ Three options (neither paper nor release; issue #13), all off by default:
 * ``noisy_min_fraction``: when fewer than this fraction of the fitted losses fall on the noisy side
   (``p < 0.5``) there is no noisy mode either, and every ``p`` is 1 (``gated``). A handful of outlying
   losses is not a population of wrong labels: at MiniVox scale such "modes" held 0.5-1 % of the
-  utterances, the wrong labels of the label-correction benches 12-30 % (recipe README, seventeenth session).
+  utterances, the label-correction benches' noisy modes 12-30 % in their first epoch (recipe README,
+  seventeenth session).
 
 ``bench/clean_detector_probe.py`` measures the rules on finished runs.
 """
