@@ -158,6 +158,9 @@ def main(argv=None):
     def mean_of(rows: list) -> dict:
         return {key: round(sum(r[key] for r in rows) / len(rows), 4) for key in rows[0]}
 
+    spectral_ks = sorted({int(v) for v in a.spectral_k.split(",") if v.strip()} | {a.k0})
+    neighbor_counts = [int(v) for v in a.spectral_neighbors.split(",") if v.strip()]
+    k_max = max(spectral_ks + [int(v) for v in a.k.split(",")])  # the eigengap's range ends at the largest count probed
     out = {"train_csv": os.path.abspath(a.train_csv), "true_speakers": int(truth.max()) + 1, "seeds": a.seeds, "results": {}}
     for item in a.teacher:
         tname, src = item.split("=", 1)
@@ -197,13 +200,11 @@ def main(argv=None):
                                                      distance_threshold=1.0 - tau).fit(C.numpy()).labels_
                     merged.setdefault(f"merge_{link}_{tag}", []).append(report(torch.as_tensor(groups)[lab]))
         res.update({key: mean_of(rows) for key, rows in merged.items()})
-        spectral_ks = sorted({int(v) for v in a.spectral_k.split(",") if v.strip()} | {a.k0})
-        for nn in [int(v) for v in a.spectral_neighbors.split(",") if v.strip()]:
+        for nn in neighbor_counts:
             for k in spectral_ks:
                 res[f"spectral{k}_nn{nn}"] = mean_of([report(spectral_clustering(emb, k, n_neighbors=nn, seed=s))
                                                       for s in range(a.seeds)])
             if a.eigengap > 0:
-                k_max = max(spectral_ks + [int(v) for v in a.k.split(",")])
                 res[f"eigengap_nn{nn}"] = eigengap_count(emb, nn, a.eigengap, k_max)
         if a.balanced:
             rows = []
