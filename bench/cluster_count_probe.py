@@ -160,7 +160,8 @@ def main(argv=None):
 
     spectral_ks = sorted({int(v) for v in a.spectral_k.split(",") if v.strip()} | {a.k0})
     neighbor_counts = [int(v) for v in a.spectral_neighbors.split(",") if v.strip()]
-    k_max = max(spectral_ks + [int(v) for v in a.k.split(",")])  # the eigengap's range ends at the largest count probed
+    km_ks = {int(v) for v in a.k.split(",") if v.strip()}  # the k-means rows (a count written with a space counts)
+    k_max = max(spectral_ks + sorted(km_ks))  # the eigengap's range ends at the largest count probed
     out = {"train_csv": os.path.abspath(a.train_csv), "true_speakers": int(truth.max()) + 1, "seeds": a.seeds, "results": {}}
     for item in a.teacher:
         tname, src = item.split("=", 1)
@@ -181,10 +182,10 @@ def main(argv=None):
             torch.save(emb, os.path.join(a.save_embeddings, f"{tname}.pt"))
         res = {}
         runs = {}  # (k, seed) -> k-means result: the K0 runs of the sweep are the ones merged below
-        for k in sorted({int(v) for v in a.k.split(",")} | {a.k0}):
+        for k in sorted(km_ks | {a.k0}):
             for s in range(a.seeds):
                 runs[k, s] = kmeans(emb, k, seed=s)
-            if str(k) in a.k.split(","):
+            if k in km_ks:
                 res[f"km{k}"] = mean_of([report(runs[k, s][1]) for s in range(a.seeds)])
         merged = {}
         own_means = []
