@@ -132,6 +132,7 @@ def test_recluster_if_checked_and_applied():
 def test_recluster_every_follows_the_run():
     assert recluster_every(2, 2, 10) == [4, 6, 8]
     assert recluster_every(1, 2, 10) == [3, 4, 5, 6, 7, 8, 9]  # the MiniVox schedule
+    assert recluster_every(1, 0, 10) == list(range(1, 10))  # no label-fixed phase: from the first epoch (README, eighteenth session)
     assert recluster_every(2, 2, 20) == [4, 6, 8, 10, 12, 14, 16, 18]
     assert recluster_every(3, 1, 10) == [4, 7]
     assert recluster_every(2, 2, 4) == [] and recluster_every(2, 1, 4) == [3]  # never the last epoch
