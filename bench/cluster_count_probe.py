@@ -158,10 +158,17 @@ def main(argv=None):
     def mean_of(rows: list) -> dict:
         return {key: round(sum(r[key] for r in rows) / len(rows), 4) for key in rows[0]}
 
-    spectral_ks = sorted({int(v) for v in a.spectral_k.split(",") if v.strip()} | {a.k0})
-    neighbor_counts = [int(v) for v in a.spectral_neighbors.split(",") if v.strip()]
-    km_ks = {int(v) for v in a.k.split(",") if v.strip()}  # the k-means rows (a count written with a space counts)
+    def counts(text: str) -> list:
+        """A comma-separated list of whole numbers (spaces and empty items allowed)."""
+        return [int(v) for v in text.split(",") if v.strip()]
+
+    # every option is parsed once, before the teachers; counts are compared as numbers, not as the text written
+    spectral_ks = sorted(set(counts(a.spectral_k)) | {a.k0})
+    neighbor_counts = counts(a.spectral_neighbors)
+    km_ks = set(counts(a.k))
     k_max = max(spectral_ks + sorted(km_ks))  # the eigengap's range ends at the largest count probed
+    fixed_taus = [(f"{float(t):g}", float(t)) for t in a.tau.split(",")]
+    linkages = a.linkage.split(",")
     out = {"train_csv": os.path.abspath(a.train_csv), "true_speakers": int(truth.max()) + 1, "seeds": a.seeds, "results": {}}
     for item in a.teacher:
         tname, src = item.split("=", 1)
@@ -194,9 +201,8 @@ def main(argv=None):
             C = torch.nn.functional.normalize(C.float(), dim=1)
             own = float((emb * C[lab]).sum(1).mean())
             own_means.append(own)
-            taus = [("own_mean", own)] + [(f"{float(t):g}", float(t)) for t in a.tau.split(",")]
-            for link in a.linkage.split(","):
-                for tag, tau in taus:
+            for link in linkages:
+                for tag, tau in [("own_mean", own)] + fixed_taus:
                     groups = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage=link,
                                                      distance_threshold=1.0 - tau).fit(C.numpy()).labels_
                     merged.setdefault(f"merge_{link}_{tag}", []).append(report(torch.as_tensor(groups)[lab]))
