@@ -110,6 +110,17 @@ def eigengap_count(emb: torch.Tensor, n_neighbors: int, k_min: int, k_max: int) 
     return {"k": k_min + j, "gap": round(float(gaps[j]), 5), "median_gap": round(float(np.median(gaps)), 5)}
 
 
+def graph_merge(emb: torch.Tensor, labels: torch.Tensor, n_neighbors: int, n_merges: int):
+    """Merge the ``n_merges`` cluster pairs most connected in the embeddings' k-NN graph
+    (``spectral_clustering.cluster_connectivity``: edges between the two clusters / the smaller total degree).
+    Returns the merged labels (0..m-1), the merged pairs (cluster ids of ``labels``) and the connectivity of the
+    last pair merged (the threshold that rank stands for; None when no pair of clusters shares an edge)."""
+    from speechbrain_ssrl.spectral_clustering import cluster_connectivity, union_pairs
+
+    a, b, conn = cluster_connectivity(emb, labels, n_neighbors)
+    pairs = list(zip(a[:n_merges].tolist(), b[:n_merges].tolist()))
+    return union_pairs(labels, pairs), pairs, (float(conn[:n_merges][-1]) if n_merges > 0 and len(conn) else None)
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train_csv", required=True, help="prepared train.csv with the spk_id column")
@@ -127,6 +138,10 @@ def main(argv=None):
                     help="> 0: per spectral neighbour count, the eigengap estimate of the cluster count between "
                          "K_MIN and the largest count probed (dense eigenvalues: at most 10,000 rows)")
     ap.add_argument("--balanced", action="store_true", help="add the size-balanced k-means row")
+    ap.add_argument("--graph_merge", default="",
+                    help="comma-separated merge counts n: per spectral neighbour count, spectral clustering into --k0, "
+                         "then the n most k-NN-connected cluster pairs merged (rows graphmerge<n>_nn<nn>), and the "
+                         "same merge rule on the true-speaker partition (rows truth_graphmerge<n>_nn<nn>)")
     ap.add_argument("--seeds", type=int, default=3, help="k-means seeds 0..n-1 per row (mean reported)")
     ap.add_argument("--max_seconds", type=float, default=6.0)
     ap.add_argument("--threads", type=int, default=1)
@@ -165,6 +180,9 @@ def main(argv=None):
     # every option is parsed once, before the teachers; counts are compared as numbers, not as the text written
     spectral_ks = sorted(set(counts(a.spectral_k)) | {a.k0})
     neighbor_counts = counts(a.spectral_neighbors)
+    merge_counts = counts(a.graph_merge)
+    if merge_counts and not neighbor_counts:
+        raise SystemExit("--graph_merge merges spectral clusters: give --spectral_neighbors too")
     km_ks = set(counts(a.k))
     k_max = max(spectral_ks + sorted(km_ks))  # the eigengap's range ends at the largest count probed
     fixed_taus = [(f"{float(t):g}", float(t)) for t in a.tau.split(",")]
@@ -208,11 +226,27 @@ def main(argv=None):
                     merged.setdefault(f"merge_{link}_{tag}", []).append(report(torch.as_tensor(groups)[lab]))
         res.update({key: mean_of(rows) for key, rows in merged.items()})
         for nn in neighbor_counts:
+            spectral = {(k, s): spectral_clustering(emb, k, n_neighbors=nn, seed=s)
+                        for k in spectral_ks for s in range(a.seeds)}  # the K0 ones are merged below
             for k in spectral_ks:
-                res[f"spectral{k}_nn{nn}"] = mean_of([report(spectral_clustering(emb, k, n_neighbors=nn, seed=s))
-                                                      for s in range(a.seeds)])
+                res[f"spectral{k}_nn{nn}"] = mean_of([report(spectral[k, s]) for s in range(a.seeds)])
             if a.eigengap > 0:
                 res[f"eigengap_nn{nn}"] = eigengap_count(emb, nn, a.eigengap, k_max)
+            for m in merge_counts:
+                rows = []
+                for s in range(a.seeds):
+                    lab = spectral[a.k0, s]
+                    merged_lab, pairs, conn = graph_merge(emb, lab, nn, m)
+                    # the true speaker each cluster holds most of: a merge is right when both hold the same one
+                    home = [int(torch.bincount(truth[lab == c]).argmax()) for c in range(int(lab.max()) + 1)]
+                    same = sum(home[p] == home[q] for p, q in pairs) / max(len(pairs), 1)
+                    rows.append({**report(merged_lab), "same_speaker_pairs": same,
+                                 "connectivity": float("nan") if conn is None else conn})
+                res[f"graphmerge{m}_nn{nn}"] = mean_of(rows)
+                # the same rule on correct labels (a 0 % bench's start): every merge there joins two true speakers
+                truth_lab, _, conn = graph_merge(emb, truth, nn, m)
+                res[f"truth_graphmerge{m}_nn{nn}"] = {**report(truth_lab),
+                                                      "connectivity": None if conn is None else round(conn, 4)}
         if a.balanced:
             rows = []
             for s in range(a.seeds):

@@ -37,7 +37,7 @@ from speechbrain.utils.distributed import ddp_broadcast
 
 from speechbrain_ssrl.clustering import KMeansResult, kmeans, label_centroids, mean_cosine
 from speechbrain_ssrl.distributed import collective_ok
-from speechbrain_ssrl.spectral_clustering import check_method, spectral_clustering
+from speechbrain_ssrl.spectral_clustering import check_merge_connectivity, check_method, merge_connected, spectral_clustering
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def initial_clustering(
     embeddings: Optional[torch.Tensor] = None,
     method: str = "kmeans",
     n_neighbors: int = 10,
+    merge_connectivity: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Embeds every utterance of ``train_csv``, clusters into ``k``, saves and returns the result.
 
@@ -178,12 +179,17 @@ def initial_clustering(
             ``n_iter``, ``tol``, ``init`` and ``precision`` unused; the centroids are the clusters' normalised
             means, a cluster left empty gets a random unit row). Saved in the config (a reused file made with
             another method is reported).
+        merge_connectivity: ``None`` or a threshold in (0, 1]: after the clustering, every pair of clusters
+            whose connectivity in the embeddings' ``n_neighbors``-NN graph is at least this joins
+            (``spectral_clustering.merge_connected``; fewer clusters than ``k``: the ids left over own nothing and
+            get random unit centroids); saved in the config and as ``merged`` (clusters removed).
     Returns:
         dict with ``labels`` (LongTensor (N,), CSV order), ``centroids`` (k, D), ``ids`` (list), and the
         saved extras (``inertia``, ``n_iter``, ``report``, ``path``, ...).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
+    merge_connectivity = check_merge_connectivity(merge_connectivity, key="merge_connectivity")
     ids, wavs, durations, spk = _read_csv(train_csv, replacements)
     path = os.path.join(out_dir, filename)
     shard = bool(distributed) and collective_ok()
@@ -191,9 +197,11 @@ def initial_clustering(
         data = load_initial_clustering(path, expected_ids=ids, expected_k=k)
         logger.info("initial clustering: reusing %s (%d utterances, k = %d)", path, len(ids), k)
         now = dict(max_seconds=max_seconds, n_iter=n_iter, seed=seed, spherical=spherical, init=init, method=method)
-        if method != "kmeans":
+        if method != "kmeans" or merge_connectivity is not None:
             now["n_neighbors"] = int(n_neighbors)
-        saved = {"method": "kmeans", **(data.get("config") or {})}  # k-means files do not name their method
+        now["merge_connectivity"] = merge_connectivity
+        # k-means files do not name their method; files made without merging do not name a threshold
+        saved = {"method": "kmeans", "merge_connectivity": None, **(data.get("config") or {})}
         diff = {key: (saved.get(key), val) for key, val in now.items() if key in saved and saved[key] != val}
         if diff:
             logger.warning(
@@ -233,6 +241,8 @@ def initial_clustering(
     )
     if method != "kmeans":  # k-means files keep their old config (reused without a settings warning)
         config.update(method=method, n_neighbors=int(n_neighbors))
+    if merge_connectivity is not None:  # files made without merging keep their config
+        config.update(merge_connectivity=merge_connectivity, n_neighbors=int(n_neighbors))
     t0 = time.perf_counter()
     if embeddings is None:
         emb = _embed_all(
@@ -249,15 +259,16 @@ def initial_clustering(
         return _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol, seed=seed,
                                  spherical=spherical, init=init, device=device, precision=precision,
                                  chunk_size=chunk_size, progress=progress, init_labels=init_labels,
-                                 compare_labels=compare_labels, method=method, n_neighbors=n_neighbors)
+                                 compare_labels=compare_labels, method=method, n_neighbors=n_neighbors,
+                                 merge_connectivity=merge_connectivity)
     failure, data = None, None
     if torch.distributed.get_rank() == 0:  # (not SpeechBrain's if_main_process: it reads RANK from the environment)
         try:
             data = _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, n_iter=n_iter, tol=tol,
                                      seed=seed, spherical=spherical, init=init, device=device, precision=precision,
                                      chunk_size=chunk_size, progress=progress, init_labels=init_labels,
-                                     compare_labels=compare_labels, method=method,
-                                     n_neighbors=n_neighbors)  # the main process: emb holds every rank's share
+                                     compare_labels=compare_labels, method=method, n_neighbors=n_neighbors,
+                                     merge_connectivity=merge_connectivity)  # the main process: every rank's share
         except Exception as e:  # noqa: BLE001 - the other ranks are told, then it is raised here
             failure = e
     message = ddp_broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
@@ -271,19 +282,28 @@ def initial_clustering(
     return data
 
 
+def _full_centroids(emb: torch.Tensor, labels: torch.Tensor, k: int, spherical: bool, seed: int) -> torch.Tensor:
+    """The (k, D) centroids of ``labels`` (ids < k); ids without a member (a spectral partition's or a merge's
+    leftovers) get random unit rows: they own nothing, and pruning drops them."""
+    centroids = label_centroids(emb, labels, k, spherical).float()
+    empty = torch.isnan(centroids).any(dim=1)
+    if bool(empty.any()):
+        g = torch.Generator().manual_seed(int(seed))
+        centroids[empty] = torch.nn.functional.normalize(torch.randn(int(empty.sum()), emb.shape[1], generator=g), dim=1)
+    return centroids
+
+
 def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_iter, tol, seed, spherical, init, device,
                       precision, chunk_size, progress, init_labels=None,
-                      compare_labels=None, method="kmeans", n_neighbors=10) -> Dict[str, Any]:
-    """k-means (or spectral clustering) of ``emb``, the diagnostic report, and the atomic save (one process);
-    ``compare_labels``: both partitions' k-means objectives saved."""
+                      compare_labels=None, method="kmeans", n_neighbors=10,
+                      merge_connectivity=None) -> Dict[str, Any]:
+    """k-means (or spectral clustering) of ``emb``, then (``merge_connectivity``) the merging of strongly connected
+    clusters, the diagnostic report, and the atomic save (one process); ``compare_labels``: both partitions'
+    k-means objectives saved."""
     t0 = time.perf_counter()
     if method == "spectral":
         labels = spectral_clustering(emb, k, n_neighbors=n_neighbors, seed=seed)
-        centroids = label_centroids(emb, labels, k, spherical).float()
-        empty = torch.isnan(centroids).any(dim=1)
-        if bool(empty.any()):  # ids the partition left empty: random unit rows (they own nothing, pruning drops them)
-            g = torch.Generator().manual_seed(int(seed))
-            centroids[empty] = torch.nn.functional.normalize(torch.randn(int(empty.sum()), emb.shape[1], generator=g), dim=1)
+        centroids = _full_centroids(emb, labels, k, spherical, seed)
         objective = mean_cosine(emb, labels)
         res = KMeansResult(centroids, labels, float(emb.shape[0]) * (1.0 - objective), 0, True)
         t_kmeans = time.perf_counter() - t0
@@ -306,6 +326,14 @@ def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_ite
     centroids, labels = res
     labels = labels.cpu().long()
     centroids = centroids.cpu().float()
+    merged = 0
+    if merge_connectivity is not None:  # the pairs of clusters the k-NN graph joins most become one
+        merged_labels, merged = merge_connected(emb, labels, merge_connectivity, n_neighbors=n_neighbors)
+        if merged:
+            labels = merged_labels
+            centroids = _full_centroids(emb, labels, k, spherical, seed)
+        logger.info("initial clustering: merging the clusters of k-NN connectivity >= %g (%d neighbours) removed %d "
+                    "clusters, %d left", merge_connectivity, n_neighbors, merged, int(torch.unique(labels).numel()))
 
     report = None
     if spk is not None:  # diagnostics only: the true ids never entered the clustering
@@ -322,7 +350,7 @@ def _cluster_and_save(emb, ids, spk, k, path, out_dir, config, t_embed, *, n_ite
     data = dict(
         labels=labels, centroids=centroids, ids=list(ids), k=int(k), config=config, inertia=float(res.inertia),
         n_iter=int(res.n_iter), converged=bool(res.converged), seconds_embed=float(t_embed),
-        seconds_kmeans=float(t_kmeans), report=report, version=_VERSION,
+        seconds_kmeans=float(t_kmeans), report=report, version=_VERSION, merged=int(merged),
     )
     if compare_labels is not None:  # plain floats: checkpoint-safe
         data["objective"] = mean_cosine(emb, labels)

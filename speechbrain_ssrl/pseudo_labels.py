@@ -173,10 +173,7 @@ class PseudoLabelState(StateRecoverable):
             self.labels = new
             stats["labels_changed"] = changed_fraction(old, new)
             if prune:
-                owned = torch.zeros(self.n_clusters, dtype=torch.bool)
-                owned[new] = True
-                newly = torch.nonzero(~owned & ~self.pruned).flatten()
-                self.pruned |= ~owned
+                newly = self.prune_unowned()
         else:
             stats["labels_changed"] = 0.0
         if idx.numel() >= 2:
@@ -192,6 +189,15 @@ class PseudoLabelState(StateRecoverable):
         stats["newly_pruned"] = newly
         self._last_idx, self._last_hat = idx, hat
         return stats
+
+    def prune_unowned(self) -> torch.Tensor:
+        """Marks every cluster that owns no utterance under the current labels as pruned (permanently) and returns
+        the ids pruned now (LongTensor, ascending), for the classifiers to prune too."""
+        owned = torch.zeros(self.n_clusters, dtype=torch.bool)
+        owned[self.labels] = True
+        newly = torch.nonzero(~owned & ~self.pruned).flatten()
+        self.pruned |= ~owned
+        return newly
 
     def restart_from(self, labels: torch.Tensor) -> Dict[str, float]:
         """Labels, queues and clean probabilities restart from ``labels`` as the run did from y0 (the queues

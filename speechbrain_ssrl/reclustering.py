@@ -15,6 +15,9 @@ run, at the end of the listed epochs, without restarting the model:
    k-means++``; with ``cluster_method: spectral``, the MiniVox default, a spectral clustering of their k-NN graph
    does, ``spectral_clustering.py``), or starts from the current labels' mean embeddings (``labels``: Lloyd to convergence from the
    labels, so it keeps what they know where the embeddings agree; ``bench/relabel_probe.py``'s ``lloyd_30``);
+   With ``recluster_merge_connectivity`` (neither paper nor release) the clusters that the k-NN graph of the
+   embeddings joins at least that strongly are then merged (``spectral_clustering.merge_connected``), and the ids
+   left over are pruned, so the next re-clustering's count (the active clusters) is lower;
 2. each new cluster takes the id of the active cluster it shares the most utterances with (a one-to-one
    matching, :func:`map_onto`), so ids, queues and pruning keep their meaning;
 3. labels and queues restart from the new labels (as from y0), the clean probabilities from 1, and both

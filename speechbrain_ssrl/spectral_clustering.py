@@ -25,7 +25,8 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["METHODS", "MAX_CELLS", "check_method", "spectral_clustering"]
+__all__ = ["METHODS", "MAX_CELLS", "check_merge_connectivity", "check_method", "cluster_connectivity", "merge_connected",
+           "spectral_clustering", "union_pairs"]
 
 METHODS = ("kmeans", "spectral")
 MAX_CELLS = 5e8  # N x k above which the dense eigenvector block alone is several GB: refused
@@ -71,3 +72,106 @@ def spectral_clustering(x: torch.Tensor, k: int, n_neighbors: int = 10, seed: in
     # order of first appearance: stable ids whatever sklearn's numbering
     _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
     return torch.as_tensor(np.argsort(np.argsort(first))[inverse], dtype=torch.long)
+
+
+def check_merge_connectivity(value, key: str = "recluster_merge_connectivity"):
+    """The yaml's merge threshold, checked: ``None`` (no merging) or a number in (0, 1]."""
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not 0.0 < v <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"{key}: {value!r} is not a number in (0, 1]; write e.g. {key}: 0.2 (or null for no merging)")
+    return v
+
+
+def cluster_connectivity(x: torch.Tensor, labels: torch.Tensor, n_neighbors: int = 10):
+    """How strongly the k-NN graph of the rows of ``x`` joins each pair of clusters of ``labels`` (ids 0..k-1).
+
+    The graph: each row's ``n_neighbors`` cosine nearest neighbours (itself excluded), symmetrised, 0/1 weights
+    (the graph :func:`spectral_clustering` partitions, without its self loops). Connectivity of clusters a, b =
+    the graph's edges between them / the smaller of the two clusters' total degrees: 1 when every edge of the
+    smaller cluster leads into the other, 0 when none does. Sparse: O(N · n_neighbors) edges, k x k counts.
+
+    Returns numpy arrays ``(a, b, connectivity)`` over the pairs a < b joined by at least one edge, strongest first
+    (ties in (a, b) order)."""
+    from scipy import sparse
+    from sklearn.neighbors import kneighbors_graph
+
+    xf = torch.nn.functional.normalize(torch.as_tensor(x).detach().to("cpu", torch.float32), dim=1).numpy()
+    y = torch.as_tensor(labels).to("cpu", torch.long).numpy()
+    n = xf.shape[0]
+    if y.shape != (n,):
+        raise ValueError(f"need one label per row: {y.shape[0] if y.ndim else 0} labels for {n} rows")
+    if n < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    graph = kneighbors_graph(xf, min(int(n_neighbors), n - 1), metric="cosine", mode="connectivity", include_self=False)
+    graph = ((graph + graph.T) > 0).astype(np.float64)
+    k = int(y.max()) + 1
+    member = sparse.csr_matrix((np.ones(n), (np.arange(n), y)), shape=(n, k))
+    edges = (member.T @ graph @ member).tocoo()  # (k, k): within (diagonal) and between clusters
+    degree = np.asarray((member.T @ graph).sum(axis=1)).ravel()
+    keep = edges.row < edges.col
+    a, b, e = edges.row[keep].astype(np.int64), edges.col[keep].astype(np.int64), edges.data[keep]
+    conn = e / np.maximum(np.minimum(degree[a], degree[b]), 1.0)
+    order = np.lexsort((b, a, -conn))
+    return a[order], b[order], conn[order]
+
+
+def union_pairs(labels: torch.Tensor, pairs) -> torch.Tensor:
+    """The labels with every listed pair of clusters joined (transitively: pairs (1, 2) and (2, 3) make one
+    cluster), renumbered 0..m-1 in order of the first utterance of each merged cluster."""
+    y = torch.as_tensor(labels).to("cpu", torch.long)
+    k = int(y.max()) + 1 if y.numel() else 0
+    parent = list(range(k))
+
+    def root(c: int) -> int:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for p, q in pairs:
+        rp, rq = root(int(p)), root(int(q))
+        if rp != rq:
+            parent[max(rp, rq)] = min(rp, rq)
+    roots = np.array([root(c) for c in range(k)], dtype=np.int64)[y.numpy()]
+    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    return torch.as_tensor(np.argsort(np.argsort(first))[inverse], dtype=torch.long)
+
+
+def merge_connected(x: torch.Tensor, labels: torch.Tensor, min_connectivity: float, n_neighbors: int = 10,
+                    min_clusters: int = 2):
+    """Joins the pairs of clusters whose k-NN connectivity (:func:`cluster_connectivity`) is at least
+    ``min_connectivity`` (yaml ``recluster_merge_connectivity``; neither paper nor release), strongest first, as
+    long as at least ``min_clusters`` clusters remain (a low threshold on a dense graph would join everything).
+    Returns the merged labels (0..m-1, :func:`union_pairs`) and how many clusters the merging removed.
+
+    Why: at K0 above the speaker count a clustering splits speakers, and the two halves of a speaker share more
+    neighbour edges than two speakers do on average; merging them lets a run's cluster count fall as the
+    representation joins them. It cannot tell a split speaker from two close speakers (a voice and its transformed
+    copy): on MiniVox the most connected true-speaker pairs reach the same connectivity as the most connected split
+    pairs (``bench/cluster_count_probe.py --graph_merge``)."""
+    tau = check_merge_connectivity(min_connectivity, key="min_connectivity")
+    y = torch.as_tensor(labels).to("cpu", torch.long)
+    if tau is None or y.numel() == 0:
+        return y.clone(), 0
+    a, b, conn = cluster_connectivity(x, y, n_neighbors)
+    present = torch.unique(y).tolist()
+    group = {c: c for c in present}  # cluster -> its group's representative (small sets: relabelled in full)
+    count, pairs = len(present), []
+    for p, q in zip(a[conn >= tau].tolist(), b[conn >= tau].tolist()):
+        gp, gq = group[p], group[q]
+        if gp == gq:
+            continue
+        if count <= int(min_clusters):
+            break
+        for c, g in group.items():
+            if g == gq:
+                group[c] = gp
+        pairs.append((p, q))
+        count -= 1
+    merged = union_pairs(y, pairs)
+    return merged, len(present) - count

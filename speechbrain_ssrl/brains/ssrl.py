@@ -41,7 +41,10 @@ most utterances with, and labels, queues, clean probabilities and both classifie
 with ``recluster_max_gain`` only when the new partition's k-means objective beats the labels' by more than 0 and at
 most that much (``reclustering.accepts``), else the labels are kept; with ``recluster_if: never_noisy`` only while
 the noisy-label model has found no noisy mode in any epoch so far (``reclustering.allows``), else nothing is
-embedded and the online loop goes on (``recluster_skipped`` 1).
+embedded and the online loop goes on (``recluster_skipped`` 1). With ``recluster_merge_connectivity`` the new
+clusters that the embeddings' k-NN graph joins at least that strongly are merged first
+(``spectral_clustering.merge_connected``; ``recluster_merged``) and the ids left over are pruned at once, so the
+next re-clustering asks for fewer clusters: the count can fall.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ from speechbrain_ssrl.reclustering import (
     recluster_max_gain,
 )
 from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
-from speechbrain_ssrl.spectral_clustering import check_method
+from speechbrain_ssrl.spectral_clustering import check_merge_connectivity, check_method
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +162,7 @@ class SSRLBrain(SSLBrainBase):
                                                 noisy_floor_setting(getattr(h, "gmm_noisy_floor", None)),
                                                 scheduled=bool(self.recluster_at))
         self.recluster_source = recluster_embeddings(getattr(h, "recluster_embeddings", None))
+        self.recluster_merge = check_merge_connectivity(getattr(h, "recluster_merge_connectivity", None))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
         check_method(str(getattr(h, "cluster_method", "kmeans")), getattr(h, "spectral_neighbors", 10),
@@ -460,6 +464,7 @@ class SSRLBrain(SSLBrainBase):
             init_labels=self.state.labels if from_labels else None,
             method=str(getattr(h, "cluster_method", "kmeans")),
             n_neighbors=int(getattr(h, "spectral_neighbors", 10)),
+            merge_connectivity=getattr(self, "recluster_merge", None),
             seed=int(h.seed) + int(epoch),
             device=str(self.device),
             sample_rate=int(getattr(h, "sample_rate", 16000)),
@@ -491,9 +496,19 @@ class SSRLBrain(SSLBrainBase):
             w = clf.weight.data
             rows = mapping.to(w.device)
             w[rows] = centroids.to(w)[: rows.numel()] * w[rows].norm(dim=1, keepdim=True)
+        if getattr(self, "recluster_merge", None) is not None:
+            # merged clusters leave ids that own nothing: pruned now (with prune_clusters), not after the next epoch
+            stats["recluster_merged"] = int(data.get("merged", 0))
+            if bool(h.prune_clusters):
+                newly = self.state.prune_unowned()
+                if newly.numel():
+                    for clf in (h.classifier, tc):
+                        clf.prune(newly.to(clf.active.device))
+                stats["n_pruned"] = int(self.state.pruned.sum())
+            stats["n_clusters"] = int(torch.unique(self.state.labels).numel())
         stats["recluster_seconds"] = round(time.time() - t0, 1)
         logger.info("epoch %d: re-clustered the teacher's embeddings into %d clusters, %.3f of the labels changed "
-                    "(NMI to the previous labels %.3f)", epoch, targets.numel(), stats["recluster_changed"],
+                    "(NMI to the previous labels %.3f)", epoch, int(torch.unique(labels).numel()), stats["recluster_changed"],
                     stats["recluster_agreement"])
         return stats
 

@@ -205,3 +205,26 @@ def test_ssrl_gmm_noisy_min_fraction_keeps_the_reclustering(minivox_ci, dino_ci,
     assert 0.0 < float(rows[1]["gmm_noisy_fraction"]) < 0.99
     assert rows[2]["reclustered"] == "1" and rows[2].get("recluster_skipped", "") in ("", "0")
     assert os.path.isdir(os.path.join(out, "reclustering"))
+
+
+def test_ssrl_recluster_merge_connectivity_lets_the_count_fall(minivox_ci, dino_ci, tmp_path):
+    """recluster_merge_connectivity: each re-clustering merges the clusters its k-NN graph joins at least that
+    strongly and prunes the ids left over at once: history shows the merges and the lower count, the next
+    re-clustering asks for the active count only, the saved files name the threshold; a bad value is refused."""
+    out = str(tmp_path / "ssrl_merge")
+    args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
+            "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9",
+            "--recluster_epochs=[2,3]", "--recluster_every=0", "--recluster_if=always", "--validate_every=0",
+            *TINY_ECAPA, "--cluster_method=spectral", "--spectral_neighbors=5", "--recluster_merge_connectivity=0.3"]
+    run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
+    rows = history(out)
+    first = torch.load(os.path.join(out, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
+    second = torch.load(os.path.join(out, "reclustering", "epoch_3", "initial_clustering.pt"), weights_only=False)
+    assert first["config"]["merge_connectivity"] == 0.3 and first["merged"] == int(rows[2]["recluster_merged"]) > 0
+    left = int(torch.unique(first["labels"]).numel())
+    assert int(rows[2]["n_clusters"]) == left and 2 <= left < 24 and int(rows[2]["n_pruned"]) == 24 - left
+    assert second["k"] == left  # the next re-clustering asks for the active clusters only
+    assert int(rows[3]["n_clusters"]) <= left and int(rows[3]["n_pruned"]) == 24 - int(rows[3]["n_clusters"])
+    bad = [a.replace(out, out + "_bad") for a in args[:-1]] + ["--recluster_merge_connectivity=2"]
+    proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *bad, "--number_of_epochs=4", check=False)
+    assert proc.returncode != 0 and "recluster_merge_connectivity: 2 is not a number in (0, 1]" in proc.stdout + proc.stderr

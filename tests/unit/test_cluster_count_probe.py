@@ -62,3 +62,35 @@ def test_true_speaker_ids_numbers_the_sorted_speakers(tmp_path):
     assert true_speaker_ids(str(path)) is None  # an empty cell: no diagnostics
     assert true_speaker_names(str(path)) is None
     assert true_speakers(str(path)) == (None, None)
+
+
+def test_graph_merge_rows_join_split_speakers_and_measure_the_true_partition(tmp_path):
+    """Spectral into 12 splits 6 tight speakers in two; the 6 most k-NN-connected pairs are the splits (merges
+    right, NMI back to 1); the true partition of separated speakers offers no pair (no edge joins two speakers)."""
+    g = torch.Generator().manual_seed(1)
+    n_spk, per = 6, 12
+    centres = torch.nn.functional.normalize(torch.randn(n_spk, 16, generator=g), dim=1)
+    emb = centres.repeat_interleave(per, 0) + 0.02 * torch.randn(n_spk * per, 16, generator=g)
+    torch.save(emb, tmp_path / "emb.pt")
+    with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "duration", "wav", "start", "stop", "spk_id"])
+        for i in range(n_spk * per):
+            w.writerow([f"u{i}", "1.0", f"u{i}.wav", "0", "16000", f"id{i // per:03d}"])
+    out = tmp_path / "probe.json"
+    probe = _probe()
+    probe.main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}", "--k", "6",
+                "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "1", "--spectral_neighbors", "8",
+                "--graph_merge", "6, 1", "--out", str(out)])
+    res = json.loads(out.read_text())["results"]["t"]
+    assert res["spectral12_nn8"]["purity"] == 1.0 and res["spectral12_nn8"]["nmi"] < 1.0
+    six = res["graphmerge6_nn8"]
+    assert six["same_speaker_pairs"] == 1.0 and six["clusters"] == 6 and six["nmi"] == 1.0
+    assert res["graphmerge1_nn8"]["clusters"] == 11  # " 1": one pair merged
+    # no neighbour edge joins two of these speakers: the true partition has no pair to merge
+    assert res["truth_graphmerge1_nn8"]["clusters"] == 6 and res["truth_graphmerge1_nn8"]["connectivity"] is None
+    # the function alone: merged labels are renumbered 0..m-1, the pairs named, the last pair's connectivity given
+    lab = torch.arange(4).repeat_interleave(3)
+    x = torch.nn.functional.normalize(torch.randn(12, 4, generator=g), dim=1)
+    merged, pairs, conn = probe.graph_merge(x, lab, 3, 2)
+    assert len(pairs) == 2 and 0.0 <= conn <= 1.0 and sorted(merged.unique().tolist()) == list(range(int(merged.max()) + 1))

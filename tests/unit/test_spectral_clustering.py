@@ -86,3 +86,42 @@ def test_initial_clustering_spectral_saves_method_and_full_centroids(tmp_path, c
     many = initial_clustering(None, str(csv_path), str(tmp_path / "d"), 60, embeddings=x, method="spectral",
                               n_neighbors=5, progress=False)
     assert many["centroids"].shape[0] == 60 and not torch.isnan(many["centroids"]).any()
+
+
+def test_merge_connected_joins_the_halves_of_split_groups_and_nothing_else():
+    """Six arcs, each cut in two halves (12 clusters): each half's neighbour edges lead into its other half,
+    never into another arc, so a threshold joins exactly the halves; pairs without an edge are not listed."""
+    from speechbrain_ssrl.spectral_clustering import cluster_connectivity, merge_connected
+
+    x, truth = _arcs(per=20)
+    halves = 2 * truth + (torch.arange(truth.numel()) % 20 >= 10).long()  # the arc's first / second half
+    a, b, conn = cluster_connectivity(x, halves, n_neighbors=4)
+    assert len(a) == 6 and all(int(p) // 2 == int(q) // 2 for p, q in zip(a, b))  # only the halves touch
+    assert 0 < conn.min() and conn.max() <= 1 and list(conn) == sorted(conn, reverse=True)
+    merged, removed = merge_connected(x, halves, 0.01, n_neighbors=4)
+    assert removed == 6 and pseudo_label_report(merged, truth)["nmi"] == pytest.approx(1.0)
+    assert merged.tolist() == torch.unique(merged, return_inverse=True)[1].tolist()  # ids 0..m-1 ...
+    firsts = [int(torch.nonzero(merged == c)[0]) for c in range(int(merged.max()) + 1)]
+    assert firsts == sorted(firsts)  # ... in order of first appearance
+    same, removed = merge_connected(x, halves, 1.0, n_neighbors=4)  # a half sends edges within itself too
+    assert removed == 0 and torch.equal(same, halves)
+    same, removed = merge_connected(x, halves, None)
+    assert removed == 0 and torch.equal(same, halves)
+    few, removed = merge_connected(x, halves, 0.01, n_neighbors=4, min_clusters=9)  # the 3 strongest pairs only
+    assert removed == 3 and int(torch.unique(few).numel()) == 9
+    top3 = {(int(p), int(q)) for p, q in zip(a[:3], b[:3])}
+    joined = {(int(p), int(q)) for p, q in zip(a, b) if bool((few[halves == p][0] == few[halves == q][0]))}
+    assert joined == top3
+
+
+def test_union_pairs_is_transitive_and_the_threshold_is_checked():
+    from speechbrain_ssrl.spectral_clustering import check_merge_connectivity, union_pairs
+
+    y = torch.tensor([3, 0, 1, 2, 3, 4])
+    assert union_pairs(y, [(1, 2), (2, 3)]).tolist() == [0, 1, 0, 0, 0, 2]  # 1-2-3 one cluster; ids by appearance
+    assert union_pairs(y, []).tolist() == [0, 1, 2, 3, 0, 4]
+    assert check_merge_connectivity(None) is None and check_merge_connectivity("null") is None
+    assert check_merge_connectivity(0.2) == 0.2 and check_merge_connectivity(1) == 1.0
+    for bad in (0, -0.1, 1.5, "x", True, float("nan")):
+        with pytest.raises(ValueError, match="recluster_merge_connectivity: .* is not a number in \\(0, 1\\]"):
+            check_merge_connectivity(bad)
