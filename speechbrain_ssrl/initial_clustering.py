@@ -37,7 +37,8 @@ from speechbrain.utils.distributed import ddp_broadcast
 
 from speechbrain_ssrl.clustering import KMeansResult, kmeans, label_centroids, mean_cosine
 from speechbrain_ssrl.distributed import collective_ok
-from speechbrain_ssrl.spectral_clustering import check_merge_connectivity, check_method, merge_connected, spectral_clustering
+from speechbrain_ssrl.reclustering import recluster_merge_connectivity
+from speechbrain_ssrl.spectral_clustering import check_method, merge_connected, spectral_clustering
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def initial_clustering(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    merge_connectivity = check_merge_connectivity(merge_connectivity, key="merge_connectivity")
+    merge_connectivity = recluster_merge_connectivity(merge_connectivity, key="merge_connectivity")
     ids, wavs, durations, spk = _read_csv(train_csv, replacements)
     path = os.path.join(out_dir, filename)
     shard = bool(distributed) and collective_ok()

@@ -47,7 +47,7 @@ from speechbrain_ssrl.online_clustering import cluster_means
 
 __all__ = ["RECLUSTER_EMBEDDINGS", "RECLUSTER_IFS", "RECLUSTER_INITS", "accepts", "allows", "epoch_embeddings",
            "map_onto", "mean_cosine", "recluster_embeddings", "recluster_epochs", "recluster_every", "recluster_if",
-           "recluster_max_gain"]
+           "recluster_max_gain", "recluster_merge_connectivity"]
 
 #: how a re-clustering's k-means starts (yaml ``recluster_init``): ``k-means++`` (fresh, as the initial clustering
 #: and the iterative baseline) or ``labels`` (from the current labels' mean embeddings, run to convergence)
@@ -161,17 +161,29 @@ def map_onto(new_labels: torch.Tensor, old_labels: torch.Tensor, target_ids: tor
     return mapping[new], mapping
 
 
-def recluster_max_gain(value, key: str = "recluster_max_gain") -> Optional[float]:
-    """The yaml's gate, checked: ``None`` (every re-clustering replaces the labels) or a number > 0."""
+def _optional_threshold(value, key: str, valid, needs: str, example: str, off: str) -> Optional[float]:
+    """A yaml number that may be switched off: ``None`` (``null``) or a float that ``valid`` accepts; else one
+    line naming the key, what it needs and an example (NaN and booleans are refused)."""
     if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
         return None
     try:
         v = float(value)
     except (TypeError, ValueError):
         v = float("nan")
-    if isinstance(value, bool) or not 0 < v < float("inf"):  # NaN fails the comparison too
-        raise ValueError(f"{key}: {value!r} is not a number > 0; write e.g. {key}: 0.02 (or null for no gate)")
+    if isinstance(value, bool) or v != v or not valid(v):
+        raise ValueError(f"{key}: {value!r} is not {needs}; write e.g. {key}: {example} (or null for {off})")
     return v
+
+
+def recluster_max_gain(value, key: str = "recluster_max_gain") -> Optional[float]:
+    """The yaml's gate, checked: ``None`` (every re-clustering replaces the labels) or a number > 0."""
+    return _optional_threshold(value, key, lambda v: 0 < v < float("inf"), "a number > 0", "0.02", "no gate")
+
+
+def recluster_merge_connectivity(value, key: str = "recluster_merge_connectivity") -> Optional[float]:
+    """The yaml's merge threshold, checked: ``None`` (no merging) or a k-NN connectivity in (0, 1]
+    (``spectral_clustering.merge_connected``)."""
+    return _optional_threshold(value, key, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]", "0.25", "no merging")
 
 
 def accepts(objective: float, labels_objective: float, max_gain: Optional[float]) -> bool:

@@ -25,8 +25,8 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["METHODS", "MAX_CELLS", "check_merge_connectivity", "check_method", "cluster_connectivity", "merge_connected",
-           "spectral_clustering", "union_pairs"]
+__all__ = ["METHODS", "MAX_CELLS", "check_method", "cluster_connectivity", "merge_connected", "spectral_clustering",
+           "union_pairs"]
 
 METHODS = ("kmeans", "spectral")
 MAX_CELLS = 5e8  # N x k above which the dense eigenvector block alone is several GB: refused
@@ -72,19 +72,6 @@ def spectral_clustering(x: torch.Tensor, k: int, n_neighbors: int = 10, seed: in
     # order of first appearance: stable ids whatever sklearn's numbering
     _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
     return torch.as_tensor(np.argsort(np.argsort(first))[inverse], dtype=torch.long)
-
-
-def check_merge_connectivity(value, key: str = "recluster_merge_connectivity"):
-    """The yaml's merge threshold, checked: ``None`` (no merging) or a number in (0, 1]."""
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if isinstance(value, bool) or not 0.0 < v <= 1.0:  # NaN fails the comparison too
-        raise ValueError(f"{key}: {value!r} is not a number in (0, 1]; write e.g. {key}: 0.2 (or null for no merging)")
-    return v
 
 
 def cluster_connectivity(x: torch.Tensor, labels: torch.Tensor, n_neighbors: int = 10):
@@ -147,17 +134,20 @@ def merge_connected(x: torch.Tensor, labels: torch.Tensor, min_connectivity: flo
     """Joins the pairs of clusters whose k-NN connectivity (:func:`cluster_connectivity`) is at least
     ``min_connectivity`` (yaml ``recluster_merge_connectivity``; neither paper nor release), strongest first, as
     long as at least ``min_clusters`` clusters remain (a low threshold on a dense graph would join everything).
-    Returns the merged labels (0..m-1, :func:`union_pairs`) and how many clusters the merging removed.
+    Returns the merged labels (0..m-1, :func:`union_pairs`) and how many clusters the merging removed; ``None``:
+    the labels unchanged.
 
     Why: at K0 above the speaker count a clustering splits speakers, and the two halves of a speaker share more
     neighbour edges than two speakers do on average; merging them lets a run's cluster count fall as the
     representation joins them. It cannot tell a split speaker from two close speakers (a voice and its transformed
     copy): on MiniVox the most connected true-speaker pairs reach the same connectivity as the most connected split
     pairs (``bench/cluster_count_probe.py --graph_merge``)."""
-    tau = check_merge_connectivity(min_connectivity, key="min_connectivity")
     y = torch.as_tensor(labels).to("cpu", torch.long)
-    if tau is None or y.numel() == 0:
+    if min_connectivity is None or y.numel() == 0:
         return y.clone(), 0
+    tau = float(min_connectivity)
+    if not 0.0 < tau <= 1.0:  # the yaml key is checked by reclustering.recluster_merge_connectivity
+        raise ValueError(f"min_connectivity: {min_connectivity!r} must be in (0, 1]")
     a, b, conn = cluster_connectivity(x, y, n_neighbors)
     present = torch.unique(y).tolist()
     group = {c: c for c in present}  # cluster -> its group's representative (small sets: relabelled in full)

@@ -81,9 +81,10 @@ from speechbrain_ssrl.reclustering import (
     recluster_every,
     recluster_if,
     recluster_max_gain,
+    recluster_merge_connectivity,
 )
 from speechbrain_ssrl.schedules import TwoSegmentCosine, cosine, set_lr
-from speechbrain_ssrl.spectral_clustering import check_merge_connectivity, check_method
+from speechbrain_ssrl.spectral_clustering import check_method
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class SSRLBrain(SSLBrainBase):
                                                 noisy_floor_setting(getattr(h, "gmm_noisy_floor", None)),
                                                 scheduled=bool(self.recluster_at))
         self.recluster_source = recluster_embeddings(getattr(h, "recluster_embeddings", None))
-        self.recluster_merge = check_merge_connectivity(getattr(h, "recluster_merge_connectivity", None))
+        self.recluster_merge = recluster_merge_connectivity(getattr(h, "recluster_merge_connectivity", None))
         if str(getattr(h, "recluster_init", "k-means++")) not in RECLUSTER_INITS:
             raise ValueError(f"recluster_init: {h.recluster_init!r} is not one of {', '.join(RECLUSTER_INITS)} (see the yaml's comment)")
         check_method(str(getattr(h, "cluster_method", "kmeans")), getattr(h, "spectral_neighbors", 10),

@@ -17,17 +17,22 @@ def _probe():
     return mod
 
 
-def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    n_spk, per = 6, 10
+def _speakers(tmp_path, seed: int, per: int, noise: float, n_spk: int = 6) -> torch.Generator:
+    """Six tight speakers' embeddings (emb.pt) and their train.csv under tmp_path; returns the generator."""
+    g = torch.Generator().manual_seed(seed)
     centres = torch.nn.functional.normalize(torch.randn(n_spk, 16, generator=g), dim=1)
-    emb = centres.repeat_interleave(per, 0) + 0.01 * torch.randn(n_spk * per, 16, generator=g)
+    emb = centres.repeat_interleave(per, 0) + noise * torch.randn(n_spk * per, 16, generator=g)
     torch.save(emb, tmp_path / "emb.pt")
     with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["ID", "duration", "wav", "start", "stop", "spk_id"])
         for i in range(n_spk * per):
             w.writerow([f"u{i}", "1.0", f"u{i}.wav", "0", "16000", f"id{i // per:03d}"])
+    return g
+
+
+def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
+    _speakers(tmp_path, seed=0, per=10, noise=0.01)
     out = tmp_path / "probe.json"
     _probe().main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}",
                    "--k", "3, 6,12", "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "2",
@@ -67,16 +72,7 @@ def test_true_speaker_ids_numbers_the_sorted_speakers(tmp_path):
 def test_graph_merge_rows_join_split_speakers_and_measure_the_true_partition(tmp_path):
     """Spectral into 12 splits 6 tight speakers in two; the 6 most k-NN-connected pairs are the splits (merges
     right, NMI back to 1); the true partition of separated speakers offers no pair (no edge joins two speakers)."""
-    g = torch.Generator().manual_seed(1)
-    n_spk, per = 6, 12
-    centres = torch.nn.functional.normalize(torch.randn(n_spk, 16, generator=g), dim=1)
-    emb = centres.repeat_interleave(per, 0) + 0.02 * torch.randn(n_spk * per, 16, generator=g)
-    torch.save(emb, tmp_path / "emb.pt")
-    with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["ID", "duration", "wav", "start", "stop", "spk_id"])
-        for i in range(n_spk * per):
-            w.writerow([f"u{i}", "1.0", f"u{i}.wav", "0", "16000", f"id{i // per:03d}"])
+    g = _speakers(tmp_path, seed=1, per=12, noise=0.02)
     out = tmp_path / "probe.json"
     probe = _probe()
     probe.main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}", "--k", "6",

@@ -115,7 +115,8 @@ def test_merge_connected_joins_the_halves_of_split_groups_and_nothing_else():
 
 
 def test_union_pairs_is_transitive_and_the_threshold_is_checked():
-    from speechbrain_ssrl.spectral_clustering import check_merge_connectivity, union_pairs
+    from speechbrain_ssrl.reclustering import recluster_merge_connectivity as check_merge_connectivity
+    from speechbrain_ssrl.spectral_clustering import merge_connected, union_pairs
 
     y = torch.tensor([3, 0, 1, 2, 3, 4])
     assert union_pairs(y, [(1, 2), (2, 3)]).tolist() == [0, 1, 0, 0, 0, 2]  # 1-2-3 one cluster; ids by appearance
@@ -125,3 +126,5 @@ def test_union_pairs_is_transitive_and_the_threshold_is_checked():
     for bad in (0, -0.1, 1.5, "x", True, float("nan")):
         with pytest.raises(ValueError, match="recluster_merge_connectivity: .* is not a number in \\(0, 1\\]"):
             check_merge_connectivity(bad)
+    with pytest.raises(ValueError, match="min_connectivity: 0 must be in"):
+        merge_connected(torch.eye(3), torch.tensor([0, 1, 2]), 0)
