@@ -15,7 +15,11 @@ trials), what the count does to label quality before any loop is built:
   (``spectral_clustering.spectral_clustering``, the recipe's ``cluster_method: spectral``; seeds 0..``--seeds``-1),
   for each n of ``--spectral_neighbors``; ``balanced<k0>``: the K0 k-means centroids, then 5 rounds of a
   Sinkhorn-balanced assignment (``online_clustering.sinkhorn_assign``, epsilon 0.05, 3 iterations) and the new
-  cluster means (a size-balanced k-means).
+  cluster means (a size-balanced k-means);
+* ``graphmerge<n>_nn<nn>`` (``--graph_merge``): the ``--k0`` spectral clusters, then the n pairs of clusters most
+  connected in the nn-NN graph merged (``spectral_clustering.cluster_connectivity``), with the share of merged pairs
+  whose clusters hold the same majority speaker; ``truth_graphmerge<n>_nn<nn>``: the same n merges of the true
+  partition (what the rule does to correct labels).
 
 Every row reports NMI, purity, the cluster count and the most true speakers whose majority cluster is one cluster
 (``label_diagnostics.majority_homes``, the ``max speakers / home`` of the recipe README's tables).
@@ -75,6 +79,29 @@ teacher, including the SSRL teachers of the spectral defaults. The eigengap heur
 normalised Laplacian's sorted eigenvalues between 20 and 300 clusters) finds no count: its largest jump is about five
 median jumps, at 24, 75, 88 or 184 clusters for 116 speakers. Nothing in these embeddings tells the loop how far to
 lower K, and lowering it costs labels; the MiniVox re-clusterings keep K0.
+
+Merging by the k-NN graph (nineteenth session, ``--graph_merge 10,20,40,80``,
+``bench/results/cluster_count_probe_graph_merge_minivox_demo.json``; corpus seed 0, mean of 2 spectral seeds): spectral
+into 200, then the n cluster pairs most connected in the 10-NN graph merged (connectivity: edges between the two / the
+smaller total degree, ``spectral_clustering.cluster_connectivity``). Per teacher: NMI after n merges (share of merged
+pairs whose clusters hold the same majority speaker, connectivity of the n-th pair); below it, the same n merges of the
+TRUE partition (116 speakers): NMI (clusters left, connectivity of the n-th pair):
+
+    teacher        spectral200  merge 10            merge 20            merge 40            merge 80
+    DINO           0.668        0.667 (0.60, 0.24)  0.665 (0.35, 0.19)  0.659 (0.30, 0.15)  0.632 (0.20, 0.12)
+      true labels  1.000 (116)  0.987 (106, 0.21)   0.972 (96, 0.16)    0.932 (77, 0.12)    0.826 (50, 0.09)
+    SSRL 1986      0.756        0.758 (0.70, 0.26)  0.759 (0.60, 0.21)  0.756 (0.42, 0.17)  0.743 (0.36, 0.12)
+      true labels  1.000 (116)  0.987 (106, 0.24)   0.974 (96, 0.20)    0.939 (77, 0.14)    0.832 (43, 0.10)
+    SSRL 1987      0.751        0.754 (0.80, 0.27)  0.755 (0.65, 0.21)  0.751 (0.53, 0.17)  0.742 (0.39, 0.13)
+      true labels  1.000 (116)  0.987 (106, 0.25)   0.974 (96, 0.19)    0.940 (76, 0.14)    0.826 (44, 0.10)
+    round 5 1986   0.746        0.748 (0.90, 0.25)  0.748 (0.70, 0.19)  0.747 (0.50, 0.16)  0.732 (0.34, 0.13)
+      true labels  1.000 (116)  0.987 (106, 0.23)   0.974 (96, 0.18)    0.940 (77, 0.14)    0.853 (43, 0.10)
+
+For the trained teachers the first 10-20 merges raise NMI a little (+0.002..+0.004) and are mostly right (0.6-0.9), but
+the most connected pairs of true speakers (a voice and its pitch-shifted copy among them) reach the same connectivity
+(0.18-0.25 at rank 10-20) as the most connected halves of split speakers: no threshold tells them apart, and every merge
+of correct labels joins two speakers. ``recluster_merge_connectivity`` (SSRL's re-clusterings) uses this merge; its runs
+are in the recipe README (nineteenth session).
 """
 
 from __future__ import annotations
