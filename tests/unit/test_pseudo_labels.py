@@ -216,3 +216,11 @@ def test_ddp_embedding_records_are_gathered_once_on_every_rank(tmp_path):
         r = torch.load(tmp_path / f"emb{rank}.pt")
         assert torch.equal(r["idx"], torch.arange(8))
         assert torch.equal(r["emb"], torch.arange(24, dtype=torch.float32).reshape(8, 3))
+
+
+def test_prune_unowned_after_a_restart_from_fewer_clusters():
+    """A re-clustering that merged clusters restarts from labels that leave ids unowned: pruned at once, only once."""
+    st = _state()  # y0 owns 0..3; 4 is unowned
+    st.restart_from(torch.tensor([0, 0, 1, 1, 1, 1, 3, 3]))  # 2 merged into 1
+    assert st.prune_unowned().tolist() == [2, 4] and st.pruned.tolist() == [False, False, True, False, True]
+    assert st.prune_unowned().numel() == 0  # nothing new
