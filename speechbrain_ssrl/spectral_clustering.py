@@ -107,24 +107,37 @@ def cluster_connectivity(x: torch.Tensor, labels: torch.Tensor, n_neighbors: int
     return a[order], b[order], conn[order]
 
 
-def union_pairs(labels: torch.Tensor, pairs) -> torch.Tensor:
-    """The labels with every listed pair of clusters joined (transitively: pairs (1, 2) and (2, 3) make one
-    cluster), renumbered 0..m-1 in order of the first utterance of each merged cluster."""
-    y = torch.as_tensor(labels).to("cpu", torch.long)
-    k = int(y.max()) + 1 if y.numel() else 0
-    parent = list(range(k))
+class _Groups:
+    """Union-find over cluster ids 0..k-1: which clusters have been joined (path halving; the smaller id leads)."""
 
-    def root(c: int) -> int:
+    def __init__(self, k: int):
+        self.parent = list(range(int(k)))
+
+    def root(self, c: int) -> int:
+        parent = self.parent
         while parent[c] != c:
             parent[c] = parent[parent[c]]
             c = parent[c]
         return c
 
+    def join(self, p: int, q: int) -> bool:
+        """Joins the groups of p and q; False when they were one group already."""
+        rp, rq = self.root(int(p)), self.root(int(q))
+        if rp == rq:
+            return False
+        self.parent[max(rp, rq)] = min(rp, rq)
+        return True
+
+
+def union_pairs(labels: torch.Tensor, pairs) -> torch.Tensor:
+    """The labels with every listed pair of clusters joined (transitively: pairs (1, 2) and (2, 3) make one
+    cluster), renumbered 0..m-1 in order of the first utterance of each merged cluster."""
+    y = torch.as_tensor(labels).to("cpu", torch.long)
+    k = int(y.max()) + 1 if y.numel() else 0
+    groups = _Groups(k)
     for p, q in pairs:
-        rp, rq = root(int(p)), root(int(q))
-        if rp != rq:
-            parent[max(rp, rq)] = min(rp, rq)
-    roots = np.array([root(c) for c in range(k)], dtype=np.int64)[y.numpy()]
+        groups.join(p, q)
+    roots = np.array([groups.root(c) for c in range(k)], dtype=np.int64)[y.numpy()]
     _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
     return torch.as_tensor(np.argsort(np.argsort(first))[inverse], dtype=torch.long)
 
@@ -149,19 +162,12 @@ def merge_connected(x: torch.Tensor, labels: torch.Tensor, min_connectivity: flo
     if not 0.0 < tau <= 1.0:  # the yaml key is checked by reclustering.recluster_merge_connectivity
         raise ValueError(f"min_connectivity: {min_connectivity!r} must be in (0, 1]")
     a, b, conn = cluster_connectivity(x, y, n_neighbors)
-    present = torch.unique(y).tolist()
-    group = {c: c for c in present}  # cluster -> its group's representative (small sets: relabelled in full)
-    count, pairs = len(present), []
+    present = int(torch.unique(y).numel())
+    groups, count, pairs = _Groups(int(y.max()) + 1), present, []
     for p, q in zip(a[conn >= tau].tolist(), b[conn >= tau].tolist()):
-        gp, gq = group[p], group[q]
-        if gp == gq:
-            continue
         if count <= int(min_clusters):
             break
-        for c, g in group.items():
-            if g == gq:
-                group[c] = gp
-        pairs.append((p, q))
-        count -= 1
-    merged = union_pairs(y, pairs)
-    return merged, len(present) - count
+        if groups.join(p, q):  # a pair inside one group already joins nothing
+            pairs.append((p, q))
+            count -= 1
+    return union_pairs(y, pairs), present - count
