@@ -128,18 +128,21 @@ class _Groups:
         self.parent[max(rp, rq)] = min(rp, rq)
         return True
 
+    def relabel(self, y: torch.Tensor) -> torch.Tensor:
+        """Labels ``y`` (ids < k) by group, renumbered 0..m-1 in order of each group's first utterance."""
+        roots = np.array([self.root(c) for c in range(len(self.parent))], dtype=np.int64)[y.numpy()]
+        _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+        return torch.as_tensor(np.argsort(np.argsort(first))[inverse], dtype=torch.long)
+
 
 def union_pairs(labels: torch.Tensor, pairs) -> torch.Tensor:
     """The labels with every listed pair of clusters joined (transitively: pairs (1, 2) and (2, 3) make one
     cluster), renumbered 0..m-1 in order of the first utterance of each merged cluster."""
     y = torch.as_tensor(labels).to("cpu", torch.long)
-    k = int(y.max()) + 1 if y.numel() else 0
-    groups = _Groups(k)
+    groups = _Groups(int(y.max()) + 1 if y.numel() else 0)
     for p, q in pairs:
         groups.join(p, q)
-    roots = np.array([groups.root(c) for c in range(k)], dtype=np.int64)[y.numpy()]
-    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
-    return torch.as_tensor(np.argsort(np.argsort(first))[inverse], dtype=torch.long)
+    return groups.relabel(y)
 
 
 def merge_connected(x: torch.Tensor, labels: torch.Tensor, min_connectivity: float, n_neighbors: int = 10,
@@ -147,8 +150,8 @@ def merge_connected(x: torch.Tensor, labels: torch.Tensor, min_connectivity: flo
     """Joins the pairs of clusters whose k-NN connectivity (:func:`cluster_connectivity`) is at least
     ``min_connectivity`` (yaml ``recluster_merge_connectivity``; neither paper nor release), strongest first, as
     long as at least ``min_clusters`` clusters remain (a low threshold on a dense graph would join everything).
-    Returns the merged labels (0..m-1, :func:`union_pairs`) and how many clusters the merging removed; ``None``:
-    the labels unchanged.
+    Returns the merged labels (0..m-1, as :func:`union_pairs` numbers them) and how many clusters the merging
+    removed; ``None``: the labels unchanged.
 
     Why: at K0 above the speaker count a clustering splits speakers, and the two halves of a speaker share more
     neighbour edges than two speakers do on average; merging them lets a run's cluster count fall as the
@@ -163,11 +166,9 @@ def merge_connected(x: torch.Tensor, labels: torch.Tensor, min_connectivity: flo
         raise ValueError(f"min_connectivity: {min_connectivity!r} must be in (0, 1]")
     a, b, conn = cluster_connectivity(x, y, n_neighbors)
     present = int(torch.unique(y).numel())
-    groups, count, pairs = _Groups(int(y.max()) + 1), present, []
+    groups, count = _Groups(int(y.max()) + 1), present
     for p, q in zip(a[conn >= tau].tolist(), b[conn >= tau].tolist()):
         if count <= int(min_clusters):
             break
-        if groups.join(p, q):  # a pair inside one group already joins nothing
-            pairs.append((p, q))
-            count -= 1
-    return union_pairs(y, pairs), present - count
+        count -= int(groups.join(p, q))  # a pair inside one group already joins nothing
+    return groups.relabel(y), present - count
