@@ -167,7 +167,8 @@ def merge_connected(x: torch.Tensor, labels: torch.Tensor, min_connectivity: flo
     a, b, conn = cluster_connectivity(x, y, n_neighbors)
     present = int(torch.unique(y).numel())
     groups, count = _Groups(int(y.max()) + 1), present
-    for p, q in zip(a[conn >= tau].tolist(), b[conn >= tau].tolist()):
+    strong = conn >= tau
+    for p, q in zip(a[strong].tolist(), b[strong].tolist()):
         if count <= int(min_clusters):
             break
         count -= int(groups.join(p, q))  # a pair inside one group already joins nothing
