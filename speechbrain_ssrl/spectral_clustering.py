@@ -151,7 +151,7 @@ def merge_connected(x: torch.Tensor, labels: torch.Tensor, min_connectivity: flo
     ``min_connectivity`` (yaml ``recluster_merge_connectivity``; neither paper nor release), strongest first, as
     long as at least ``min_clusters`` clusters remain (a low threshold on a dense graph would join everything).
     Returns the merged labels (0..m-1, as :func:`union_pairs` numbers them) and how many clusters the merging
-    removed; ``None``: the labels unchanged.
+    removed; ``min_connectivity`` ``None`` (or no labels): a copy of the labels and 0.
 
     Why: at K0 above the speaker count a clustering splits speakers, and the two halves of a speaker share more
     neighbour edges than two speakers do on average; merging them lets a run's cluster count fall as the
