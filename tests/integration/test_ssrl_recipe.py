@@ -120,7 +120,8 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     assert 0.0 < float(rows[2]["recluster_changed"]) <= 1.0 and 0.0 <= float(rows[2]["recluster_agreement"]) <= 1.0
     assert -1.0 <= float(rows[2]["labels_objective"]) <= 1.0 and -1.0 <= float(rows[2]["recluster_objective"]) <= 1.0
     saved = torch.load(os.path.join(out, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
-    assert saved["k"] == 24 - int(rows[2]["n_pruned"])  # as many clusters as were active
+    # as many clusters as were active before it (n_pruned also counts the ids its merging, MiniVox default, left over)
+    assert saved["k"] == 24 - int(rows[2]["n_pruned"]) + int(rows[2].get("recluster_merged") or 0)
     ckpt = sorted(d for d in os.listdir(os.path.join(out, "save")) if d.startswith("CKPT+"))[-1]
     state = torch.load(os.path.join(out, "save", ckpt, "pseudo_labels.ckpt"), weights_only=True)
     restarted = state["queue"]["initial"]  # the queues were seeded with the re-clustered labels
