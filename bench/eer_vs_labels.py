@@ -1,0 +1,189 @@
+"""How much test EER does better pseudo-label quality buy? An offline reading of finished run_experiments.py folders
+(issue #13: SSRL's labels end above the iterative baseline's round 5, yet its test EER only ties it).
+
+Every system of every folder that trained on pseudo labels is one point: the label NMI (and purity) of the labels
+its final model was trained on, as ``results.json`` records them (SSRL: after the last epoch; baseline round r: that
+round's clustering), against its test EER. DINO rows have no labels and are left out. Points from one corpus only
+(the test trials differ between corpora); a folder of another corpus is refused. Folders whose start is a
+DIAGNOSTIC true-label start (label-correction benches) are kept apart (``--benches``: off by default, they extend the
+NMI range far above what a clustering start reaches). Identical points (a run repeated byte for byte in another
+folder) count once.
+
+It fits EER = a + b · NMI by least squares (scipy.stats.linregress) and reports the slope, the residual spread, and
+the spread of the test EER between training seeds of one and the same configuration (``--group``: the sources of
+one configuration, one training seed each) with its mean residual (its EER against what its labels predict). With ``--pair A B`` (two ``--group`` names) it compares, seed by
+seed, the EER difference the fit predicts from the two configurations' NMI difference with the one measured.
+
+    python bench/eer_vs_labels.py out/sp1986 out/sp1987 ... --group 'SSRL=out/sp1986:ssrl,out/sp1987:ssrl' \
+        --group 'round 5=out/sp1986:iterative_r5,out/sp1987:iterative_r5' --pair SSRL 'round 5' \
+        --out bench/results/eer_vs_labels_minivox_demo.json --plot bench/results/eer_vs_labels_minivox_demo.png
+
+Trains and scores nothing; reads ``results.json`` only. Measured: see the JSON named in the recipe README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+from scipy import stats
+
+
+def read_points(folders: Sequence[str], benches: bool = False) -> List[Dict]:
+    """One point per system with labels and a test EER; refused in one line when the folders mix corpora."""
+    points, corpus, seen = [], None, set()
+    for folder in folders:
+        path = os.path.join(folder, "results.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} does not exist (pass finished run_experiments.py folders)")
+        with open(path) as f:
+            res = json.load(f)
+        name = (res.get("corpus") or {}).get("name"), res.get("test_list")
+        if corpus is None:
+            corpus = name
+        elif name != corpus:
+            raise SystemExit(f"{path}: corpus {name} differs from {corpus} (read one corpus at a time)")
+        start = str(res.get("start") or "")
+        bench = "DIAGNOSTIC" in start
+        if bench and not benches:
+            continue
+        for key, entry in res.get("systems", {}).items():
+            labels, test = entry.get("labels"), entry.get("test") or {}
+            if not labels or test.get("eer") is None or labels.get("nmi") is None:
+                continue
+            point = {"folder": folder, "system": key, "label": entry.get("label", key),
+                     "seed": res.get("train_seed"), "bench": bench, "nmi": float(labels["nmi"]),
+                     "purity": labels.get("purity"), "clusters": labels.get("n_clusters"),
+                     "eer": float(test["eer"]), "eer_se": test.get("eer_se"),
+                     "reclustered_nmi": (entry.get("reclustered") or {}).get("nmi")}
+            ident = (point["seed"], round(point["nmi"], 6), round(point["eer"], 6))  # a byte-identical rerun
+            if ident in seen:
+                continue
+            seen.add(ident)
+            points.append(point)
+    if not points:
+        raise SystemExit("no system with pseudo labels and a test EER in these folders")
+    return points, {"name": corpus[0], "test_list": corpus[1]}
+
+
+def fit(points: Sequence[Dict], x: str = "nmi") -> Optional[Dict]:
+    """EER = intercept + slope · x over the points that have x (None below 3 points)."""
+    pts = [p for p in points if p.get(x) is not None]
+    if len(pts) < 3:
+        return None
+    r = stats.linregress([p[x] for p in pts], [p["eer"] for p in pts])
+    resid = [p["eer"] - (r.intercept + r.slope * p[x]) for p in pts]
+    return {"x": x, "n": len(pts), "slope": r.slope, "slope_se": r.stderr, "intercept": r.intercept,
+            "r": r.rvalue, "residual_sd": statistics.stdev(resid)}
+
+
+def seed_spread(points: Sequence[Dict], groups: Sequence[str], line: Dict) -> Dict[str, Dict]:
+    """``--group NAME=FOLDER:SYSTEM,...`` (one configuration, one training seed per source): its EERs, their SD, and
+    the mean residual from the fit (below 0: a lower EER than its labels predict)."""
+    where = {(os.path.normpath(p["folder"]), p["system"]): p for p in points}
+    out = {}
+    for spec in groups:
+        name, sep, rest = spec.rpartition("=")
+        srcs = [tuple(s.strip().rsplit(":", 1)) for s in rest.split(",") if s.strip()]
+        if not sep or len(srcs) < 2 or any(len(s) != 2 for s in srcs):
+            raise SystemExit(f"--group {spec!r}: write NAME=FOLDER:SYSTEM,FOLDER:SYSTEM[,...] (two seeds or more)")
+        got = [where.get((os.path.normpath(f), s)) for f, s in srcs]
+        if None in got:
+            f, s = srcs[got.index(None)]
+            raise SystemExit(f"--group {name!r}: {f}:{s} is not among the points (pass its folder; benches need --benches)")
+        out[name] = {"seeds": [str(p["seed"]) for p in got], "eer": [p["eer"] for p in got],
+                     "nmi": [p["nmi"] for p in got], "sd": statistics.stdev(p["eer"] for p in got),
+                     "mean_residual": statistics.mean(p["eer"] - line["intercept"] - line["slope"] * p["nmi"] for p in got)}
+    return out
+
+
+def paired(groups: Dict[str, Dict], a: str, b: str, line: Dict) -> List[Dict]:
+    """Seed by seed (the seeds both ``--group`` rows have): measured EER(a) - EER(b) against the fit's prediction
+    from their NMI difference."""
+    for g in (a, b):
+        if g not in groups:
+            raise SystemExit(f"--pair: {g!r} is not a --group name (have: {', '.join(groups) or 'none'})")
+    ga = dict(zip(groups[a]["seeds"], zip(groups[a]["nmi"], groups[a]["eer"])))
+    gb = dict(zip(groups[b]["seeds"], zip(groups[b]["nmi"], groups[b]["eer"])))
+    out = []
+    for seed in sorted(set(ga) & set(gb)):
+        d_nmi = ga[seed][0] - gb[seed][0]
+        out.append({"seed": seed, "nmi_diff": d_nmi, "eer_diff": ga[seed][1] - gb[seed][1],
+                    "predicted_eer_diff": line["slope"] * d_nmi})
+    if not out:
+        raise SystemExit(f"--pair: {a!r} and {b!r} share no training seed")
+    return out
+
+
+def plot(points: Sequence[Dict], line: Dict, path: str, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    groups = {"SSRL": lambda p: p["system"].startswith("ssrl"), "baseline rounds": lambda p: p["system"].startswith("iterative")}
+    for name, pick in groups.items():
+        g = [p for p in points if pick(p) and not p["bench"]]
+        ax.scatter([p["nmi"] for p in g], [p["eer"] for p in g], s=18, label=name)
+    b = [p for p in points if p["bench"]]
+    if b:
+        ax.scatter([p["nmi"] for p in b], [p["eer"] for p in b], s=18, marker="x", label="DIAGNOSTIC true-label starts")
+    xs = [min(p["nmi"] for p in points), max(p["nmi"] for p in points)]
+    ax.plot(xs, [line["intercept"] + line["slope"] * v for v in xs], "k--", lw=1,
+            label=f"fit: {line['slope'] / 100:+.2f} EER points per +0.01 NMI")
+    ax.set_xlabel("label NMI of the labels the final model trained on")
+    ax.set_ylabel("test EER (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folders", nargs="+", help="finished run_experiments.py output folders of one corpus")
+    ap.add_argument("--benches", action="store_true", help="also the DIAGNOSTIC true-label starts (fit uses them too)")
+    ap.add_argument("--pair", nargs=2, default=None, metavar=("A", "B"),
+                    help="two --group names compared seed by seed (B is the reference)")
+    ap.add_argument("--group", action="append", default=[],
+                    help="NAME=FOLDER:SYSTEM,FOLDER:SYSTEM[,...]: one configuration over training seeds (EER spread)")
+    ap.add_argument("--out", default=None, help="JSON with the points, the fits and the pairs")
+    ap.add_argument("--plot", default=None, help="PNG: EER against label NMI with the fit")
+    a = ap.parse_args(argv)
+    points, corpus = read_points(a.folders, a.benches)
+    line = fit(points, "nmi")
+    if line is None:
+        raise SystemExit(f"{len(points)} points: the fit needs 3 or more")
+    out = {"corpus": corpus, "folders": list(a.folders), "n_points": len(points), "fit_nmi": line,
+           "fit_reclustered_nmi": fit(points, "reclustered_nmi"), "seed_spread": seed_spread(points, a.group, line), "points": points}
+    print(f"{corpus['name']}, {len(points)} points: EER = {line['intercept']:.2f} {line['slope']:+.2f} x NMI "
+          f"(slope SE {line['slope_se']:.2f}, r {line['r']:.2f}, residual SD {line['residual_sd']:.2f} points): "
+          f"{line['slope'] / 100:+.3f} points per +0.01 NMI")
+    for k, v in out["seed_spread"].items():
+        print(f"  {k}, seeds {'/'.join(v['seeds'])}: EER {' / '.join(f'{e:.2f}' for e in v['eer'])}, SD {v['sd']:.2f}; "
+              f"NMI {' / '.join(f'{e:.3f}' for e in v['nmi'])}; mean residual from the fit {v['mean_residual']:+.2f}")
+    if a.pair:
+        sa, sb = a.pair
+        pairs = paired(out["seed_spread"], sa, sb, line)
+        out["pair"] = {"a": sa, "b": sb, "per_seed": pairs,
+                       "mean_eer_diff": statistics.mean(p["eer_diff"] for p in pairs),
+                       "mean_predicted_eer_diff": statistics.mean(p["predicted_eer_diff"] for p in pairs)}
+        for p in pairs:
+            print(f"  {sa} - {sb}, seed {p['seed']}: NMI {p['nmi_diff']:+.3f}, EER {p['eer_diff']:+.2f} measured, "
+                  f"{p['predicted_eer_diff']:+.2f} predicted")
+        print(f"  mean: EER {out['pair']['mean_eer_diff']:+.2f} measured, {out['pair']['mean_predicted_eer_diff']:+.2f} predicted")
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump(out, f, indent=1)
+    if a.plot:
+        plot(points, line, a.plot, f"{corpus['name']}: test EER against the labels trained on ({len(points)} systems)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
