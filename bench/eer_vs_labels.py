@@ -9,16 +9,26 @@ DIAGNOSTIC true-label start (label-correction benches) are kept apart (``--bench
 NMI range far above what a clustering start reaches). Identical points (a run repeated byte for byte in another
 folder) count once.
 
-It fits EER = a + b · NMI by least squares (scipy.stats.linregress) and reports the slope, the residual spread, and
-the spread of the test EER between training seeds of one and the same configuration (``--group``: the sources of
-one configuration, one training seed each) with its mean residual (its EER against what its labels predict). With ``--pair A B`` (two ``--group`` names) it compares, seed by
-seed, the EER difference the fit predicts from the two configurations' NMI difference with the one measured.
+It fits EER = a + b · x by least squares (scipy.stats.linregress), x the label NMI (``--x purity``: their purity;
+``--x reclustered_nmi``: a fresh k-means of the final model's embeddings, the labels its representation would give),
+and reports the slope, the residual spread, the correlation of each measure with the EER, and the spread of the test
+EER between training seeds of one configuration (``--group``: its sources, one training seed each) with its mean
+residual (its EER against what its labels predict). With ``--pair A B`` (two ``--group`` names) it compares, seed by
+seed, the EER difference the fit predicts from the two configurations' difference in x with the one measured.
 
     python bench/eer_vs_labels.py out/sp1986 out/sp1987 ... --group 'SSRL=out/sp1986:ssrl,out/sp1987:ssrl' \
         --group 'round 5=out/sp1986:iterative_r5,out/sp1987:iterative_r5' --pair SSRL 'round 5' \
         --out bench/results/eer_vs_labels_minivox_demo.json --plot bench/results/eer_vs_labels_minivox_demo.png
 
-Trains and scores nothing; reads ``results.json`` only. Measured: see the JSON named in the recipe README.
+Trains and scores nothing; reads ``results.json`` only.
+
+Measured (#13, twenty-third session; MiniVox demo corpus seed 0, every clustering-start run of the eighteenth to
+twenty-third sessions on one DINO and machine: 18 folders, 43 systems; ``bench/results/eer_vs_labels_minivox_demo.json``
+and ``..._purity_minivox_demo.json``): the test EER follows the labels a model trained on, -0.52 points per +0.01 NMI
+(r -0.93) or -0.32 per +0.01 purity (r -0.93), residual SD 0.6 points (the spread of one configuration between
+training seeds: 0.9-1.2). Over training seeds 1986-1990 SSRL's labels beat round 5's in NMI on every seed (+0.003 to
++0.014; the fit predicts -0.45 points) but trail it in purity on every seed (-0.003 to -0.022, the merging's cost; the
+fit predicts +0.29); the measured mean difference is 0.00: the two label qualities cancel, and so do the EERs.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ import statistics
 from typing import Dict, List, Optional, Sequence
 
 from scipy import stats
+
+
+MEASURES = ("nmi", "purity", "reclustered_nmi")
 
 
 def read_points(folders: Sequence[str], benches: bool = False) -> List[Dict]:
@@ -70,9 +83,9 @@ def read_points(folders: Sequence[str], benches: bool = False) -> List[Dict]:
 
 
 def fit(points: Sequence[Dict], x: str = "nmi") -> Optional[Dict]:
-    """EER = intercept + slope · x over the points that have x (None below 3 points)."""
+    """EER = intercept + slope · x over the points that have x (None below 3 points or with x all equal)."""
     pts = [p for p in points if p.get(x) is not None]
-    if len(pts) < 3:
+    if len(pts) < 3 or len({p[x] for p in pts}) < 2:
         return None
     r = stats.linregress([p[x] for p in pts], [p["eer"] for p in pts])
     resid = [p["eer"] - (r.intercept + r.slope * p[x]) for p in pts]
@@ -95,30 +108,33 @@ def seed_spread(points: Sequence[Dict], groups: Sequence[str], line: Dict) -> Di
             f, s = srcs[got.index(None)]
             raise SystemExit(f"--group {name!r}: {f}:{s} is not among the points (pass its folder; benches need --benches)")
         out[name] = {"seeds": [str(p["seed"]) for p in got], "eer": [p["eer"] for p in got],
-                     "nmi": [p["nmi"] for p in got], "sd": statistics.stdev(p["eer"] for p in got),
-                     "mean_residual": statistics.mean(p["eer"] - line["intercept"] - line["slope"] * p["nmi"] for p in got)}
+                     **{m: [p[m] for p in got] for m in MEASURES},
+                     "sd": statistics.stdev(p["eer"] for p in got),
+                     "mean_residual": statistics.mean(p["eer"] - line["intercept"] - line["slope"] * p[line["x"]] for p in got)}
     return out
 
 
 def paired(groups: Dict[str, Dict], a: str, b: str, line: Dict) -> List[Dict]:
     """Seed by seed (the seeds both ``--group`` rows have): measured EER(a) - EER(b) against the fit's prediction
-    from their NMI difference."""
+    from their difference in the fit's label measure (``line["x"]``)."""
     for g in (a, b):
         if g not in groups:
             raise SystemExit(f"--pair: {g!r} is not a --group name (have: {', '.join(groups) or 'none'})")
-    ga = dict(zip(groups[a]["seeds"], zip(groups[a]["nmi"], groups[a]["eer"])))
-    gb = dict(zip(groups[b]["seeds"], zip(groups[b]["nmi"], groups[b]["eer"])))
+    x = line["x"]
+    ga = dict(zip(groups[a]["seeds"], zip(groups[a][x], groups[a]["eer"])))
+    gb = dict(zip(groups[b]["seeds"], zip(groups[b][x], groups[b]["eer"])))
     out = []
     for seed in sorted(set(ga) & set(gb)):
-        d_nmi = ga[seed][0] - gb[seed][0]
-        out.append({"seed": seed, "nmi_diff": d_nmi, "eer_diff": ga[seed][1] - gb[seed][1],
-                    "predicted_eer_diff": line["slope"] * d_nmi})
+        d = ga[seed][0] - gb[seed][0]
+        out.append({"seed": seed, f"{x}_diff": d, "eer_diff": ga[seed][1] - gb[seed][1],
+                    "predicted_eer_diff": line["slope"] * d})
     if not out:
         raise SystemExit(f"--pair: {a!r} and {b!r} share no training seed")
     return out
 
 
 def plot(points: Sequence[Dict], line: Dict, path: str, title: str) -> None:
+    x = line["x"]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -128,14 +144,14 @@ def plot(points: Sequence[Dict], line: Dict, path: str, title: str) -> None:
     groups = {"SSRL": lambda p: p["system"].startswith("ssrl"), "baseline rounds": lambda p: p["system"].startswith("iterative")}
     for name, pick in groups.items():
         g = [p for p in points if pick(p) and not p["bench"]]
-        ax.scatter([p["nmi"] for p in g], [p["eer"] for p in g], s=18, label=name)
+        ax.scatter([p[x] for p in g], [p["eer"] for p in g], s=18, label=name)
     b = [p for p in points if p["bench"]]
     if b:
-        ax.scatter([p["nmi"] for p in b], [p["eer"] for p in b], s=18, marker="x", label="DIAGNOSTIC true-label starts")
-    xs = [min(p["nmi"] for p in points), max(p["nmi"] for p in points)]
+        ax.scatter([p[x] for p in b], [p["eer"] for p in b], s=18, marker="x", label="DIAGNOSTIC true-label starts")
+    xs = [min(p[x] for p in points), max(p[x] for p in points)]
     ax.plot(xs, [line["intercept"] + line["slope"] * v for v in xs], "k--", lw=1,
-            label=f"fit: {line['slope'] / 100:+.2f} EER points per +0.01 NMI")
-    ax.set_xlabel("label NMI of the labels the final model trained on")
+            label=f"fit: {line['slope'] / 100:+.2f} EER points per +0.01 {x}")
+    ax.set_xlabel(f"label {x} of the labels the final model trained on")
     ax.set_ylabel("test EER (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
@@ -146,6 +162,9 @@ def plot(points: Sequence[Dict], line: Dict, path: str, title: str) -> None:
 def main(argv=None) -> Dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folders", nargs="+", help="finished run_experiments.py output folders of one corpus")
+    ap.add_argument("--x", default="nmi", choices=MEASURES,
+                    help="the label measure fitted: nmi | purity (of the labels trained on) | reclustered_nmi (a fresh "
+                         "k-means of the final model's embeddings: the labels its representation would give)")
     ap.add_argument("--benches", action="store_true", help="also the DIAGNOSTIC true-label starts (fit uses them too)")
     ap.add_argument("--pair", nargs=2, default=None, metavar=("A", "B"),
                     help="two --group names compared seed by seed (B is the reference)")
@@ -155,17 +174,18 @@ def main(argv=None) -> Dict:
     ap.add_argument("--plot", default=None, help="PNG: EER against label NMI with the fit")
     a = ap.parse_args(argv)
     points, corpus = read_points(a.folders, a.benches)
-    line = fit(points, "nmi")
+    line = fit(points, a.x)
     if line is None:
-        raise SystemExit(f"{len(points)} points: the fit needs 3 or more")
-    out = {"corpus": corpus, "folders": list(a.folders), "n_points": len(points), "fit_nmi": line,
-           "fit_reclustered_nmi": fit(points, "reclustered_nmi"), "seed_spread": seed_spread(points, a.group, line), "points": points}
-    print(f"{corpus['name']}, {len(points)} points: EER = {line['intercept']:.2f} {line['slope']:+.2f} x NMI "
+        raise SystemExit(f"{len(points)} points: the fit needs 3 or more with different {a.x} values")
+    out = {"corpus": corpus, "folders": list(a.folders), "n_points": len(points), "x": a.x, "fit": line,
+           "fit_r_by_measure": {m: (fit(points, m) or {}).get("r") for m in MEASURES}, "seed_spread": seed_spread(points, a.group, line), "points": points}
+    print(f"{corpus['name']}, {len(points)} points: EER = {line['intercept']:.2f} {line['slope']:+.2f} x {a.x} "
           f"(slope SE {line['slope_se']:.2f}, r {line['r']:.2f}, residual SD {line['residual_sd']:.2f} points): "
-          f"{line['slope'] / 100:+.3f} points per +0.01 NMI")
+          f"{line['slope'] / 100:+.3f} points per +0.01 {a.x}; r by measure: "
+          + ", ".join(f"{m} {r:.3f}" for m, r in out["fit_r_by_measure"].items() if r is not None))
     for k, v in out["seed_spread"].items():
         print(f"  {k}, seeds {'/'.join(v['seeds'])}: EER {' / '.join(f'{e:.2f}' for e in v['eer'])}, SD {v['sd']:.2f}; "
-              f"NMI {' / '.join(f'{e:.3f}' for e in v['nmi'])}; mean residual from the fit {v['mean_residual']:+.2f}")
+              f"{a.x} {' / '.join(f'{e:.3f}' for e in v[a.x])}; mean residual from the fit {v['mean_residual']:+.2f}")
     if a.pair:
         sa, sb = a.pair
         pairs = paired(out["seed_spread"], sa, sb, line)
@@ -173,7 +193,7 @@ def main(argv=None) -> Dict:
                        "mean_eer_diff": statistics.mean(p["eer_diff"] for p in pairs),
                        "mean_predicted_eer_diff": statistics.mean(p["predicted_eer_diff"] for p in pairs)}
         for p in pairs:
-            print(f"  {sa} - {sb}, seed {p['seed']}: NMI {p['nmi_diff']:+.3f}, EER {p['eer_diff']:+.2f} measured, "
+            print(f"  {sa} - {sb}, seed {p['seed']}: {a.x} {p[a.x + '_diff']:+.3f}, EER {p['eer_diff']:+.2f} measured, "
                   f"{p['predicted_eer_diff']:+.2f} predicted")
         print(f"  mean: EER {out['pair']['mean_eer_diff']:+.2f} measured, {out['pair']['mean_predicted_eer_diff']:+.2f} predicted")
     if a.out:
@@ -181,7 +201,7 @@ def main(argv=None) -> Dict:
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)
     if a.plot:
-        plot(points, line, a.plot, f"{corpus['name']}: test EER against the labels trained on ({len(points)} systems)")
+        plot(points, line, a.plot, f"{corpus['name']}: test EER against the labels' {a.x} ({len(points)} systems)")
     return out
 
 

@@ -21,7 +21,7 @@ def _folder(tmp_path, name, seed, systems, corpus="MiniVox (demo, corpus seed 0)
     """A run_experiments.py-shaped results.json: systems = {key: (nmi or None, eer)}."""
     entries = {}
     for key, (nmi, eer) in systems.items():
-        entries[key] = {"label": key, "labels": None if nmi is None else {"nmi": nmi, "purity": 0.5, "n_clusters": 200},
+        entries[key] = {"label": key, "labels": None if nmi is None else {"nmi": nmi, "purity": nmi - 0.2, "n_clusters": 200},
                         "test": {"eer": eer, "eer_se": 1.0}, "reclustered": {"nmi": None if nmi is None else nmi - 0.01}}
     d = tmp_path / name
     d.mkdir()
@@ -46,7 +46,7 @@ def test_fit_groups_and_pair(tmp_path):
                          "--group", f"round 5={f1}:iterative_r5,{f2}:iterative_r5", "--pair", "SSRL", "round 5",
                          "--out", str(out), "--plot", str(tmp_path / "p.png")])
     assert res["n_points"] == 6  # DINO (no labels), the duplicate and the bench are left out
-    assert res["fit_nmi"]["slope"] == pytest.approx(-50.0, abs=1e-6)  # the +-0.4 residuals at one NMI cancel
+    assert res["fit"]["slope"] == pytest.approx(-50.0, abs=1e-6)  # the +-0.4 residuals at one NMI cancel
     assert res["seed_spread"]["round 5"]["mean_residual"] == pytest.approx(0.0, abs=1e-9)
     assert res["seed_spread"]["SSRL"]["sd"] == pytest.approx(abs(line_eer(0.76) - line_eer(0.75)) / 2 ** 0.5)
     pair = res["pair"]["per_seed"]
@@ -57,6 +57,8 @@ def test_fit_groups_and_pair(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
     with_bench = _bench().main([f1, f2, bench, "--benches"])
     assert with_bench["n_points"] == 7
+    by_purity = _bench().main([f1, f2, "--x", "purity", "--group", f"SSRL={f1}:ssrl,{f2}:ssrl"])
+    assert by_purity["fit"]["x"] == "purity" and by_purity["fit"]["slope"] == pytest.approx(-50.0, abs=1e-6)
 
 
 def test_refusals_name_the_problem(tmp_path):
