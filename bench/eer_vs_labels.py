@@ -106,11 +106,13 @@ def seed_spread(points: Sequence[Dict], groups: Sequence[str], line: Dict) -> Di
         got = [where.get((os.path.normpath(f), s)) for f, s in srcs]
         if None in got:
             f, s = srcs[got.index(None)]
-            raise SystemExit(f"--group {name!r}: {f}:{s} is not among the points (pass its folder; benches need --benches)")
+            raise SystemExit(f"--group {name!r}: {f}:{s} is not among the points "
+                             "(pass its folder; benches need --benches)")
         out[name] = {"seeds": [str(p["seed"]) for p in got], "eer": [p["eer"] for p in got],
                      **{m: [p[m] for p in got] for m in MEASURES},
                      "sd": statistics.stdev(p["eer"] for p in got),
-                     "mean_residual": statistics.mean(p["eer"] - line["intercept"] - line["slope"] * p[line["x"]] for p in got)}
+                     "mean_residual": statistics.mean(p["eer"] - line["intercept"] - line["slope"] * p[line["x"]]
+                                                      for p in got)}
     return out
 
 
@@ -141,7 +143,8 @@ def plot(points: Sequence[Dict], line: Dict, path: str, title: str) -> None:
     fig = Figure(figsize=(6.4, 4.4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
-    groups = {"SSRL": lambda p: p["system"].startswith("ssrl"), "baseline rounds": lambda p: p["system"].startswith("iterative")}
+    groups = {"SSRL": lambda p: p["system"].startswith("ssrl"),
+              "baseline rounds": lambda p: p["system"].startswith("iterative")}
     for name, pick in groups.items():
         g = [p for p in points if pick(p) and not p["bench"]]
         ax.scatter([p[x] for p in g], [p["eer"] for p in g], s=18, label=name)
@@ -178,7 +181,8 @@ def main(argv=None) -> Dict:
     if line is None:
         raise SystemExit(f"{len(points)} points: the fit needs 3 or more with different {a.x} values")
     out = {"corpus": corpus, "folders": list(a.folders), "n_points": len(points), "x": a.x, "fit": line,
-           "fit_r_by_measure": {m: (fit(points, m) or {}).get("r") for m in MEASURES}, "seed_spread": seed_spread(points, a.group, line), "points": points}
+           "fit_r_by_measure": {m: (fit(points, m) or {}).get("r") for m in MEASURES},
+           "seed_spread": seed_spread(points, a.group, line), "points": points}
     print(f"{corpus['name']}, {len(points)} points: EER = {line['intercept']:.2f} {line['slope']:+.2f} x {a.x} "
           f"(slope SE {line['slope_se']:.2f}, r {line['r']:.2f}, residual SD {line['residual_sd']:.2f} points): "
           f"{line['slope'] / 100:+.3f} points per +0.01 {a.x}; r by measure: "
@@ -195,7 +199,8 @@ def main(argv=None) -> Dict:
         for p in pairs:
             print(f"  {sa} - {sb}, seed {p['seed']}: {a.x} {p[a.x + '_diff']:+.3f}, EER {p['eer_diff']:+.2f} measured, "
                   f"{p['predicted_eer_diff']:+.2f} predicted")
-        print(f"  mean: EER {out['pair']['mean_eer_diff']:+.2f} measured, {out['pair']['mean_predicted_eer_diff']:+.2f} predicted")
+        print(f"  mean: EER {out['pair']['mean_eer_diff']:+.2f} measured, "
+              f"{out['pair']['mean_predicted_eer_diff']:+.2f} predicted")
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
