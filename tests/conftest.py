@@ -5,19 +5,39 @@
   Skipped, with the reason, when espeak-ng or sox is not installed.
 * ``prepared_ci`` -> str: save folder of ``prepare_voxceleb`` run on it (``train.csv``, ``test.csv``,
   ``veri_test2.txt``).
+* ``bench_script`` -> ``load(name)``: the module of ``bench/<name>.py`` (the bench scripts are not a package).
 
 Treat both folders as read-only: copy what a test modifies.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 
 import pytest
 import torch
 
 torch.set_num_threads(1)  # 2-core CI machines
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """``load(name)`` imports ``bench/<name>.py`` by its path and registers it in ``sys.modules`` under ``name`` (a
+    script whose child processes unpickle its functions needs that)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "bench", f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
 
 
 @pytest.fixture(scope="session")

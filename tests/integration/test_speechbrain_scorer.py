@@ -7,7 +7,6 @@
   and trials gives the same scores, EER and minDCF (``bench/speechbrain_scorer.py``).
 """
 
-import importlib.util
 import json
 import os
 
@@ -24,26 +23,20 @@ RECIPE = os.path.join(REPO, "recipes", "VoxCeleb", "SSRL")
 SB_SOURCE = os.environ.get("SPEECHBRAIN_SOURCE", "")
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_speechbrain_scorer", os.path.join(REPO, "bench", "speechbrain_scorer.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _arch(pretrained):
     with open(os.path.join(pretrained, "ecapa.json"), encoding="utf-8") as f:
         return json.load(f)
 
 
-def test_speechbrain_metrics_of_our_scores_equal_ours(dino_ci, minivox_ci, tmp_path):
+def test_speechbrain_metrics_of_our_scores_equal_ours(dino_ci, minivox_ci, tmp_path, bench_script):
+    bench = bench_script("speechbrain_scorer")
     trials = os.path.join(minivox_ci, "veri_test2.txt")
     res = evaluate_model(os.path.join(dino_ci, "pretrained"), [trials], minivox_ci, device="cpu",
                          output_folder=str(tmp_path), det_plot=False, save_scores=True, progress=False)
     ours = res["veri_test2"]
-    scores = _bench().read_scores(os.path.join(tmp_path, "scores_veri_test2.txt"))
+    scores = bench.read_scores(os.path.join(tmp_path, "scores_veri_test2.txt"))
     assert len(scores) == ours["n_trials"] and {lab for lab, _ in scores.values()} == {0, 1}
-    sb = _bench().sb_metrics(scores)
+    sb = bench.sb_metrics(scores)
     assert 0 < ours["eer"] < 100
     assert sb["eer"] == pytest.approx(ours["eer"], abs=1e-4)
     assert sb["min_dcf_0.01"] == pytest.approx(ours["min_dcf_0.01"], abs=1e-6)
@@ -81,8 +74,9 @@ def test_verification_yaml_for_speechbrain_loads_the_export(dino_ci, minivox_ci,
 @pytest.mark.skipif(not os.path.isfile(os.path.join(SB_SOURCE, "recipes", "VoxCeleb", "SpeakerRec",
                                                     "speaker_verification_cosine.py")),
                     reason="set SPEECHBRAIN_SOURCE to a SpeechBrain source tree to run its scorer")
-def test_speechbrain_scorer_script_agrees(dino_ci, minivox_ci, tmp_path):
-    res = _bench().main(["--speechbrain", SB_SOURCE, "--model", os.path.join(dino_ci, "pretrained"),
+def test_speechbrain_scorer_script_agrees(dino_ci, minivox_ci, tmp_path, bench_script):
+    bench = bench_script("speechbrain_scorer")
+    res = bench.main(["--speechbrain", SB_SOURCE, "--model", os.path.join(dino_ci, "pretrained"),
                          "--data_folder", minivox_ci, "--out", str(tmp_path), "--threads", "1"])
     # the script's own figures are those of its scores; SpeechBrain's metrics of ours are evaluate.py's
     assert res["speechbrain_script_logged"]["eer"] == pytest.approx(

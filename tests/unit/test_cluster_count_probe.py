@@ -1,21 +1,9 @@
 """bench/cluster_count_probe.py: the k sweep and the centroid merging on embeddings whose speakers are known."""
 
 import csv
-import importlib.util
 import json
-import os
 
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _probe():
-    spec = importlib.util.spec_from_file_location("cluster_count_probe", os.path.join(ROOT, "bench", "cluster_count_probe.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def _speakers(tmp_path, seed: int, per: int, noise: float, n_spk: int = 6) -> torch.Generator:
     """Six tight speakers' embeddings (emb.pt) and their train.csv under tmp_path; returns the generator."""
@@ -31,10 +19,10 @@ def _speakers(tmp_path, seed: int, per: int, noise: float, n_spk: int = 6) -> to
     return g
 
 
-def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path):
+def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path, bench_script):
     _speakers(tmp_path, seed=0, per=10, noise=0.01)
     out = tmp_path / "probe.json"
-    _probe().main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}",
+    bench_script("cluster_count_probe").main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}",
                    "--k", "3, 6,12", "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "2",
                    "--spectral_neighbors", "5", "--spectral_k", "6", "--eigengap", "2", "--balanced", "--out", str(out)])
     res = json.loads(out.read_text())["results"]["t"]
@@ -69,12 +57,12 @@ def test_true_speaker_ids_numbers_the_sorted_speakers(tmp_path):
     assert true_speakers(str(path)) == (None, None)
 
 
-def test_graph_merge_rows_join_split_speakers_and_measure_the_true_partition(tmp_path):
+def test_graph_merge_rows_join_split_speakers_and_measure_the_true_partition(tmp_path, bench_script):
     """Spectral into 12 splits 6 tight speakers in two; the 6 most k-NN-connected pairs are the splits (merges
     right, NMI back to 1); the true partition of separated speakers offers no pair (no edge joins two speakers)."""
     g = _speakers(tmp_path, seed=1, per=12, noise=0.02)
     out = tmp_path / "probe.json"
-    probe = _probe()
+    probe = bench_script("cluster_count_probe")
     probe.main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}", "--k", "6",
                 "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "1", "--spectral_neighbors", "8",
                 "--graph_merge", "6, 1", "--out", str(out)])

@@ -1,21 +1,9 @@
 """bench/eer_vs_labels.py: the EER-against-label-NMI fit, the seed groups and the paired prediction, on
 results.json folders written here with known numbers."""
 
-import importlib.util
 import json
-import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("eer_vs_labels", os.path.join(ROOT, "bench", "eer_vs_labels.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def _folder(tmp_path, name, seed, systems, corpus="MiniVox (demo, corpus seed 0)", start="spectral clustering"):
     """A run_experiments.py-shaped results.json: systems = {key: (nmi or None, eer)}."""
@@ -34,7 +22,8 @@ def line_eer(nmi):  # the exact line the points below lie on (EER falls 0.5 poin
     return 60.0 - 50.0 * nmi
 
 
-def test_fit_groups_and_pair(tmp_path):
+def test_fit_groups_and_pair(tmp_path, bench_script):
+    mod = bench_script("eer_vs_labels")
     f1 = _folder(tmp_path, "a", 1, {"dino": (None, 30.0), "iterative_r1": (0.66, line_eer(0.66)),
                                     "iterative_r5": (0.745, line_eer(0.745) - 0.4), "ssrl": (0.76, line_eer(0.76))})
     f2 = _folder(tmp_path, "b", 2, {"iterative_r1": (0.67, line_eer(0.67)), "iterative_r5": (0.745, line_eer(0.745) + 0.4),
@@ -42,7 +31,7 @@ def test_fit_groups_and_pair(tmp_path):
     dup = _folder(tmp_path, "c", 2, {"ssrl_copy": (0.75, line_eer(0.75))})  # a byte-identical rerun: counted once
     bench = _folder(tmp_path, "d", 1, {"ssrl": (0.95, 10.0)}, start="DIAGNOSTIC start (label-correction bench)")
     out = tmp_path / "o.json"
-    res = _bench().main([f1, f2, dup, bench, "--group", f"SSRL={f1}:ssrl,{f2}:ssrl",
+    res = mod.main([f1, f2, dup, bench, "--group", f"SSRL={f1}:ssrl,{f2}:ssrl",
                          "--group", f"round 5={f1}:iterative_r5,{f2}:iterative_r5", "--pair", "SSRL", "round 5",
                          "--out", str(out), "--plot", str(tmp_path / "p.png")])
     assert res["n_points"] == 6  # DINO (no labels), the duplicate and the bench are left out
@@ -55,23 +44,24 @@ def test_fit_groups_and_pair(tmp_path):
     assert pair[0]["eer_diff"] == pytest.approx(-0.35) and pair[1]["eer_diff"] == pytest.approx(-0.65)
     assert json.loads(out.read_text())["pair"]["mean_eer_diff"] == pytest.approx(-0.5)
     assert (tmp_path / "p.png").stat().st_size > 0
-    with_bench = _bench().main([f1, f2, bench, "--benches"])
+    with_bench = mod.main([f1, f2, bench, "--benches"])
     assert with_bench["n_points"] == 7
-    by_purity = _bench().main([f1, f2, "--x", "purity", "--group", f"SSRL={f1}:ssrl,{f2}:ssrl"])
+    by_purity = mod.main([f1, f2, "--x", "purity", "--group", f"SSRL={f1}:ssrl,{f2}:ssrl"])
     assert by_purity["fit"]["x"] == "purity" and by_purity["fit"]["slope"] == pytest.approx(-50.0, abs=1e-6)
 
 
-def test_refusals_name_the_problem(tmp_path):
+def test_refusals_name_the_problem(tmp_path, bench_script):
+    mod = bench_script("eer_vs_labels")
     f1 = _folder(tmp_path, "a", 1, {"ssrl": (0.7, 25.0)})
     f2 = _folder(tmp_path, "b", 1, {"ssrl": (0.7, 25.0)}, corpus="MiniVox (demo, corpus seed 1)")
     with pytest.raises(SystemExit, match="corpus"):
-        _bench().main([f1, f2])
+        mod.main([f1, f2])
     with pytest.raises(SystemExit, match="results.json does not exist"):
-        _bench().main([str(tmp_path / "nothing")])
+        mod.main([str(tmp_path / "nothing")])
     with pytest.raises(SystemExit, match="needs 3 or more"):
-        _bench().main([f1])
+        mod.main([f1])
     f3 = _folder(tmp_path, "c", 2, {"ssrl": (0.72, 24.0), "iterative_r5": (0.71, 24.4)})
     with pytest.raises(SystemExit, match="not among the points"):
-        _bench().main([f1, f3, "--group", f"x={f1}:ssrl,{f3}:nope"])
+        mod.main([f1, f3, "--group", f"x={f1}:ssrl,{f3}:nope"])
     with pytest.raises(SystemExit, match="not a --group name"):
-        _bench().main([f1, f3, "--group", f"x={f1}:ssrl,{f3}:ssrl", "--pair", "x", "y"])
+        mod.main([f1, f3, "--group", f"x={f1}:ssrl,{f3}:ssrl", "--pair", "x", "y"])
