@@ -4,10 +4,10 @@
 Every system of every folder that trained on pseudo labels is one point: the label NMI (and purity) of the labels
 its final model was trained on, as ``results.json`` records them (SSRL: after the last epoch; baseline round r: that
 round's clustering), against its test EER. DINO rows have no labels and are left out. Points from one corpus only
-(the test trials differ between corpora); a folder of another corpus is refused. Folders whose start is a
-DIAGNOSTIC true-label start (label-correction benches) are kept apart (``--benches``: off by default, they extend the
-NMI range far above what a clustering start reaches). Identical points (a run repeated byte for byte in another
-folder) count once.
+(the test trials differ between corpora); a folder of another corpus is refused. Systems that start from the true
+labels (folders whose start is a DIAGNOSTIC label-correction bench, and the supervised ceiling) are left out unless
+``--benches`` is given: they extend the NMI range far above what a clustering start reaches. Identical points (a run
+repeated byte for byte in another folder) count once.
 
 It fits EER = a + b · x by least squares (scipy.stats.linregress), x the label NMI (``--x purity``: their purity;
 ``--x reclustered_nmi``: a fresh k-means of the final model's embeddings, the labels its representation would give),
@@ -37,7 +37,7 @@ import argparse
 import json
 import os
 import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from scipy import stats
 
@@ -45,8 +45,9 @@ from scipy import stats
 MEASURES = ("nmi", "purity", "reclustered_nmi")
 
 
-def read_points(folders: Sequence[str], benches: bool = False) -> List[Dict]:
-    """One point per system with labels and a test EER; refused in one line when the folders mix corpora."""
+def read_points(folders: Sequence[str], benches: bool = False) -> Tuple[List[Dict], Dict[str, str]]:
+    """(one point per system with labels and a test EER, the corpus); refused in one line when the folders mix
+    corpora."""
     points, corpus, seen = [], None, set()
     for folder in folders:
         path = os.path.join(folder, "results.json")
@@ -59,13 +60,13 @@ def read_points(folders: Sequence[str], benches: bool = False) -> List[Dict]:
             corpus = name
         elif name != corpus:
             raise SystemExit(f"{path}: corpus {name} differs from {corpus} (read one corpus at a time)")
-        start = str(res.get("start") or "")
-        bench = "DIAGNOSTIC" in start
-        if bench and not benches:
-            continue
+        bench_start = "DIAGNOSTIC" in str(res.get("start") or "")  # oracle_start's label-correction benches
         for key, entry in res.get("systems", {}).items():
             labels, test = entry.get("labels"), entry.get("test") or {}
             if not labels or test.get("eer") is None or labels.get("nmi") is None:
+                continue
+            bench = bench_start or key == "supervised"  # run_experiments.py's supervised ceiling: the true labels
+            if bench and not benches:
                 continue
             point = {"folder": folder, "system": key, "label": entry.get("label", key),
                      "seed": res.get("train_seed"), "bench": bench, "nmi": float(labels["nmi"]),
@@ -136,10 +137,10 @@ def paired(groups: Dict[str, Dict], a: str, b: str, line: Dict) -> List[Dict]:
 
 
 def plot(points: Sequence[Dict], line: Dict, path: str, title: str) -> None:
-    x = line["x"]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    x = line["x"]
     fig = Figure(figsize=(6.4, 4.4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
@@ -150,7 +151,7 @@ def plot(points: Sequence[Dict], line: Dict, path: str, title: str) -> None:
         ax.scatter([p[x] for p in g], [p["eer"] for p in g], s=18, label=name)
     b = [p for p in points if p["bench"]]
     if b:
-        ax.scatter([p[x] for p in b], [p["eer"] for p in b], s=18, marker="x", label="DIAGNOSTIC true-label starts")
+        ax.scatter([p[x] for p in b], [p["eer"] for p in b], s=18, marker="x", label="true-label starts (DIAGNOSTIC)")
     xs = [min(p[x] for p in points), max(p[x] for p in points)]
     ax.plot(xs, [line["intercept"] + line["slope"] * v for v in xs], "k--", lw=1,
             label=f"fit: {line['slope'] / 100:+.2f} EER points per +0.01 {x}")
@@ -168,13 +169,15 @@ def main(argv=None) -> Dict:
     ap.add_argument("--x", default="nmi", choices=MEASURES,
                     help="the label measure fitted: nmi | purity (of the labels trained on) | reclustered_nmi (a fresh "
                          "k-means of the final model's embeddings: the labels its representation would give)")
-    ap.add_argument("--benches", action="store_true", help="also the DIAGNOSTIC true-label starts (fit uses them too)")
+    ap.add_argument("--benches", action="store_true",
+                    help="also the systems started from the true labels (DIAGNOSTIC benches, the supervised ceiling); "
+                         "the fit uses them too")
     ap.add_argument("--pair", nargs=2, default=None, metavar=("A", "B"),
                     help="two --group names compared seed by seed (B is the reference)")
     ap.add_argument("--group", action="append", default=[],
                     help="NAME=FOLDER:SYSTEM,FOLDER:SYSTEM[,...]: one configuration over training seeds (EER spread)")
     ap.add_argument("--out", default=None, help="JSON with the points, the fits and the pairs")
-    ap.add_argument("--plot", default=None, help="PNG: EER against label NMI with the fit")
+    ap.add_argument("--plot", default=None, help="PNG: EER against the --x measure, with the fit")
     a = ap.parse_args(argv)
     points, corpus = read_points(a.folders, a.benches)
     line = fit(points, a.x)

@@ -24,7 +24,7 @@ def line_eer(nmi):  # the exact line the points below lie on (EER falls 0.5 poin
 
 def test_fit_groups_and_pair(tmp_path, bench_script):
     mod = bench_script("eer_vs_labels")
-    f1 = _folder(tmp_path, "a", 1, {"dino": (None, 30.0), "iterative_r1": (0.66, line_eer(0.66)),
+    f1 = _folder(tmp_path, "a", 1, {"dino": (None, 30.0), "supervised": (1.0, 8.0), "iterative_r1": (0.66, line_eer(0.66)),
                                     "iterative_r5": (0.745, line_eer(0.745) - 0.4), "ssrl": (0.76, line_eer(0.76))})
     f2 = _folder(tmp_path, "b", 2, {"iterative_r1": (0.67, line_eer(0.67)), "iterative_r5": (0.745, line_eer(0.745) + 0.4),
                                     "ssrl": (0.75, line_eer(0.75))})
@@ -34,7 +34,7 @@ def test_fit_groups_and_pair(tmp_path, bench_script):
     res = mod.main([f1, f2, dup, bench, "--group", f"SSRL={f1}:ssrl,{f2}:ssrl",
                          "--group", f"round 5={f1}:iterative_r5,{f2}:iterative_r5", "--pair", "SSRL", "round 5",
                          "--out", str(out), "--plot", str(tmp_path / "p.png")])
-    assert res["n_points"] == 6  # DINO (no labels), the duplicate and the bench are left out
+    assert res["n_points"] == 6  # DINO (no labels), the supervised ceiling, the duplicate and the bench are left out
     assert res["fit"]["slope"] == pytest.approx(-50.0, abs=1e-6)  # the +-0.4 residuals at one NMI cancel
     assert res["seed_spread"]["round 5"]["mean_residual"] == pytest.approx(0.0, abs=1e-9)
     assert res["seed_spread"]["SSRL"]["sd"] == pytest.approx(abs(line_eer(0.76) - line_eer(0.75)) / 2 ** 0.5)
@@ -45,7 +45,7 @@ def test_fit_groups_and_pair(tmp_path, bench_script):
     assert json.loads(out.read_text())["pair"]["mean_eer_diff"] == pytest.approx(-0.5)
     assert (tmp_path / "p.png").stat().st_size > 0
     with_bench = mod.main([f1, f2, bench, "--benches"])
-    assert with_bench["n_points"] == 7
+    assert with_bench["n_points"] == 8 and sum(p["bench"] for p in with_bench["points"]) == 2
     by_purity = mod.main([f1, f2, "--x", "purity", "--group", f"SSRL={f1}:ssrl,{f2}:ssrl"])
     assert by_purity["fit"]["x"] == "purity" and by_purity["fit"]["slope"] == pytest.approx(-50.0, abs=1e-6)
 
