@@ -5,6 +5,7 @@ import json
 
 import torch
 
+
 def _speakers(tmp_path, seed: int, per: int, noise: float, n_spk: int = 6) -> torch.Generator:
     """Six tight speakers' embeddings (emb.pt) and their train.csv under tmp_path; returns the generator."""
     g = torch.Generator().manual_seed(seed)
@@ -22,9 +23,10 @@ def _speakers(tmp_path, seed: int, per: int, noise: float, n_spk: int = 6) -> to
 def test_probe_reports_each_row_and_finds_separated_speakers(tmp_path, bench_script):
     _speakers(tmp_path, seed=0, per=10, noise=0.01)
     out = tmp_path / "probe.json"
-    bench_script("cluster_count_probe").main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}",
-                   "--k", "3, 6,12", "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "2",
-                   "--spectral_neighbors", "5", "--spectral_k", "6", "--eigengap", "2", "--balanced", "--out", str(out)])
+    probe = bench_script("cluster_count_probe")
+    probe.main(["--train_csv", str(tmp_path / "train.csv"), "--teacher", f"t={tmp_path / 'emb.pt'}",
+                "--k", "3, 6,12", "--k0", "12", "--tau", "0.9", "--linkage", "average", "--seeds", "2",
+                "--spectral_neighbors", "5", "--spectral_k", "6", "--eigengap", "2", "--balanced", "--out", str(out)])
     res = json.loads(out.read_text())["results"]["t"]
     assert res["km6"]["nmi"] == 1.0 and res["km6"]["max_speakers_per_home"] == 1  # " 6": written with a space
     assert res["km3"]["clusters"] == 3 and res["km3"]["max_speakers_per_home"] >= 2  # 6 speakers in 3 clusters

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+
 def _folder(tmp_path, name, seed, systems, corpus="MiniVox (demo, corpus seed 0)", start="spectral clustering"):
     """A run_experiments.py-shaped results.json: systems = {key: (nmi or None, eer)}."""
     entries = {}

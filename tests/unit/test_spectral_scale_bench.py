@@ -2,6 +2,7 @@
 
 import json
 
+
 def test_rows_and_time_limit(tmp_path, bench_script):
     out = tmp_path / "s.json"
     bench_script("spectral_scale").main(["--sizes", "240", "--dim", "16", "--time_limit", "120", "--threads", "1", "--out", str(out)])
