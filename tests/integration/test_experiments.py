@@ -181,6 +181,39 @@ def test_systems_default_optional_rows_and_pinned_overrides():
         rx.parse_args(base + ["--systems=ssrl_no_queue", "--reference=ssrl"])
 
 
+def test_rows_that_repeat_the_yaml_are_dropped_or_refused(capsys):
+    """A default SSRL row whose overrides already hold in the ssrl yaml (with the run's own overrides) is not run, so
+    the pruning ablation is ssrl_no_prune or ssrl_prune, whichever changes the yaml; a row named in --systems or
+    given by --variant that changes nothing is refused with one line naming the key and the yaml."""
+    sys.path.insert(0, RECIPE)
+    try:
+        import run_experiments as rx
+    finally:
+        sys.path.remove(RECIPE)
+    base = ["--data_folder=/d", "--out=/o"]
+    minivox = rx.yaml_value(rx.stage_yaml("minivox", "ssrl"), "prune_clusters")
+    prunes = rx.same_yaml_value(minivox, "True")
+    assert rx.parse_args(base).systems[-1] == ("ssrl_no_prune" if prunes else "ssrl_prune")
+    flipped = rx.parse_args(base + [f"--prune_clusters={not prunes}"])
+    assert flipped.systems[-1] == ("ssrl_prune" if prunes else "ssrl_no_prune")
+    assert rx.parse_args(base + ["--config=full"]).systems[-1] == "ssrl_no_prune"  # the VoxCeleb yaml prunes
+    assert rx.same_yaml_value("1", "1.0") and rx.same_yaml_value("true", "True") and rx.same_yaml_value("[ ]", "[]")
+    assert not rx.same_yaml_value("0.25", "null") and not rx.same_yaml_value(None, "null")
+    assert rx.repeated_rows([("a", "", ["--K0=5"]), ("b", "", ["--K0=200", "--seed=1"])], rx.stage_yaml("minivox", "ssrl"),
+                            ["--K0=5", "--seed=1"]) == {"a": "K0: 5"}
+    refused = [
+        (["--config=full", "--systems=ssrl,ssrl_prune"], "--systems ssrl_prune: prune_clusters: True is already so in "
+         "hparams/ssrl_ecapa.yaml"),
+        (["--config=full", "--systems=ssrl_no_recluster"], "recluster_every: 0, recluster_epochs: [] is already so"),
+        (["--variant", "same=--K0=200 --seed=1986"], "--variant same: K0: 200, seed: 1986 is already so in "
+         "hparams/minivox/ssrl_ecapa.yaml"),
+    ]
+    for extra, message in refused:
+        with pytest.raises(SystemExit):
+            rx.parse_args(base + extra)
+        assert message in capsys.readouterr().err, extra
+
+
 def test_plan_counts_each_variants_reclusterings():
     """The plan's SSRL estimate adds one clustering pass per scheduled re-clustering of that variant (the MiniVox
     yaml: after epochs 3-9 of 10; none for ssrl_no_recluster; a listed epoch counts once)."""

@@ -69,6 +69,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import yaml
 
 RECIPE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(RECIPE)))
@@ -80,6 +81,9 @@ SSRL_VARIANTS = [
     ("ssrl_no_noisy", "SSRL w/o noisy-label modelling", ["--noisy_label_model=False", "--recluster_if=always"]),
     ("ssrl_no_queue", "SSRL w/o label queue (L = 1)", ["--queue_length=1"]),
     ("ssrl_no_prune", "SSRL w/o cluster pruning", ["--prune_clusters=False"]),
+    # the pruning ablation the other way round, for a yaml that does not prune (a default row only where it changes
+    # something: a row whose overrides repeat the yaml is dropped, see repeated_rows)
+    ("ssrl_prune", "SSRL with cluster pruning (paper and release)", ["--prune_clusters=True"]),
 ]
 #: SSRL rows run only when --systems names them (a no-op where the yaml does not re-cluster, as hparams/ssrl_ecapa.yaml)
 OPTIONAL_VARIANTS = [
@@ -179,6 +183,32 @@ def yaml_value(path: str, key: str, extra: Sequence[str] = ()) -> Optional[str]:
     return None
 
 
+def same_yaml_value(a: Optional[str], b: Optional[str]) -> bool:
+    """Two yaml scalars as text are the same value (``1`` and ``1.0``, ``True`` and ``true``, ``[]`` and ``[ ]``)."""
+    if a is None or b is None:
+        return False
+    try:
+        return yaml.safe_load(a) == yaml.safe_load(b)
+    except yaml.YAMLError:
+        return a.strip() == b.strip()
+
+
+def repeated_rows(variants, path: str, extra: Sequence[str]) -> Dict[str, str]:
+    """The SSRL rows (other than ``ssrl``) whose every override already holds in the yaml at ``path`` (with the
+    run's ``extra`` overrides): name -> ``key: value, ...`` (such a row would train ssrl again)."""
+    out = {}
+    for name, _, args in variants:
+        pairs = [x[2:].split("=", 1) for x in args]
+        if name != "ssrl" and pairs and all(same_yaml_value(yaml_value(path, k, extra), v) for k, v in pairs):
+            out[name] = ", ".join(f"{k}: {v}" for k, v in pairs)
+    return out
+
+
+def stage_yaml(config: str, stage: str) -> str:
+    """The yaml of a stage (dino, ssrl, iterative) for --config minivox (hparams/minivox/) or full (hparams/)."""
+    return os.path.join(RECIPE, "hparams", *(["minivox"] if config == "minivox" else []), f"{stage}_ecapa.yaml")
+
+
 def yaml_keys(path: str) -> List[str]:
     """Top-level keys of a recipe yaml (lines ``key:`` at column 0)."""
     with open(path, encoding="utf-8") as f:
@@ -218,8 +248,7 @@ class Plan:
 
     def __init__(self, a, n_train: int, n_test_utts: int):
         self.a = a
-        hp = os.path.join(RECIPE, "hparams", *(["minivox"] if a.config == "minivox" else []))
-        self.yaml = {k: os.path.join(hp, f"{k}_ecapa.yaml") for k in ("dino", "ssrl", "iterative")}
+        self.yaml = {k: stage_yaml(a.config, k) for k in ("dino", "ssrl", "iterative")}
         self.n_train, self.n_test_utts = n_train, n_test_utts
         self.ov = {k: list(a.extra) + list(getattr(a, "stage_extra", {}).get(k, [])) for k in self.yaml}  # overrides per stage
         bs = {k: int(float(yaml_value(y, "batch_size", self.ov[k]))) for k, y in self.yaml.items()}
@@ -692,8 +721,9 @@ def parse_args(argv=None):
     sy = ap.add_argument_group("systems")
     sy.add_argument("--systems", default=None,
                     help="comma-separated systems to run: iterative, ssrl, ssrl_no_noisy, ssrl_no_queue, ssrl_no_prune, "
-                    "ssrl_no_recluster, supervised and the NAMEs of --variant (default: iterative and the four SSRL rows, plus "
-                    "supervised and every --variant when given)")
+                    "ssrl_prune, ssrl_no_recluster, supervised and the NAMEs of --variant (default: iterative, ssrl and "
+                    "the ablation rows that change the yaml's setting, so one of ssrl_no_prune / ssrl_prune, plus "
+                    "supervised and every --variant when given; a named row that changes nothing is refused)")
     sy.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
                     help="an extra SSRL row: NAME=--key=value[ --key=value ...] (repeatable)")
     sy.add_argument("--reference", default=None, metavar="NAME",
@@ -740,13 +770,25 @@ def parse_args(argv=None):
     default = ["iterative"] + [n for n, _, _ in a.variants] + (["supervised"] if a.supervised else [])
     a.variants += OPTIONAL_VARIANTS
     known = ["iterative", "supervised"] + [n for n, _, _ in a.variants]
-    if a.systems is None:
+    given = a.systems is not None
+    if not given:
         a.systems = default
     else:
         a.systems = [x.strip() for x in a.systems.split(",") if x.strip()]
         bad = [x for x in a.systems if x not in known]
         if bad:
             ap.error(f"--systems: unknown {', '.join(bad)} (known: {', '.join(known)})")
+    ssrl_yaml = stage_yaml(a.config, "ssrl")
+    repeats = repeated_rows([v for v in a.variants if v[0] in a.systems], ssrl_yaml,
+                            list(a.extra) + list(a.stage_extra["ssrl"]))
+    # a row asked for by name (--systems or --variant) that changes nothing is refused, a default one dropped
+    own = {v.partition("=")[0] for v in a.variant}
+    named = [n for n in repeats if n in own or (given and n in a.systems)]
+    if named:
+        flag = "--variant" if named[0] in own else "--systems"
+        ap.error(f"{flag} {named[0]}: {repeats[named[0]]} is already so in {os.path.relpath(ssrl_yaml, RECIPE)}, "
+                 f"so the row would repeat ssrl; drop it from {flag}")
+    a.systems = [x for x in a.systems if x not in repeats]
     a.variants = [v for v in a.variants if v[0] in a.systems]
     if a.reference is not None and a.reference not in [n for n, _, _ in a.variants]:
         ap.error(f"--reference {a.reference}: not an SSRL row of --systems ({', '.join(n for n, _, _ in a.variants)})")
