@@ -17,7 +17,8 @@ import pytest
 
 from recipe_utils import RECIPE, TINY_DINO
 
-SYSTEMS = {"dino", "iterative_r1", "iterative_r2", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"}
+# the pruning ablation is ssrl_prune: the MiniVox yaml does not prune (a row that repeats the yaml is not run)
+SYSTEMS = {"dino", "iterative_r1", "iterative_r2", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_prune"}
 
 
 def run_experiments(*args):
@@ -51,7 +52,7 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
     # equal step budget: one SSRL run = the whole 2-round baseline; round 1 = half of it
     spe = 48 // 8  # 48 training utterances, batch 8, drop_last
     assert sy["iterative_r2"]["cost"]["steps"] == 2 * spe and sy["iterative_r1"]["cost"]["steps"] == spe
-    assert all(sy[n]["cost"]["steps"] == 2 * spe for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"))
+    assert all(sy[n]["cost"]["steps"] == 2 * spe for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_prune"))
     # label diagnostics of the final labels
     for n in SYSTEMS - {"dino"}:
         lab = sy[n]["labels"]
@@ -61,9 +62,10 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
         rc = sy[n]["reclustered"]
         assert 0 <= rc["nmi"] <= 1 and 0 < rc["purity"] <= 1 and rc["n_clusters"] <= 24 and rc["n_items"] == 48, n
     # the ablation switches reached the runs
-    last = {n: sy[n]["history"][-1] for n in ("ssrl", "ssrl_no_noisy", "ssrl_no_prune")}
+    last = {n: sy[n]["history"][-1] for n in ("ssrl", "ssrl_no_noisy")}
     assert float(last["ssrl_no_noisy"]["mean_p"]) == 1.0
-    assert int(last["ssrl_no_prune"]["n_pruned"]) == 0
+    assert int(last["ssrl"]["n_pruned"]) == 0
+    assert "--prune_clusters=True" in json.loads((out / "logs" / "ssrl_prune.done.json").read_text())["cmd"]
     assert "--queue_length=1" in json.loads((out / "logs" / "ssrl_no_queue.done.json").read_text())["cmd"]
     # SSRL and every round-1 start from the same k-means labels (computed once)
     assert sy["ssrl"]["history"][0]["nmi"] == sy["ssrl_no_queue"]["history"][0]["nmi"]
@@ -89,7 +91,7 @@ def test_experiments_end_to_end_then_resume_does_nothing(minivox_ci, dino_ci, tm
     assert "minivox_results/plots/eer_vs_cost.png" in text and (tmp_path / "minivox_results" / "plots" / "nmi.png").exists()
 
     # resume: the same command trains nothing and evaluates nothing
-    mtimes = {n: os.path.getmtime(out / n / "history.csv") for n in ("iterative", "ssrl", "ssrl_no_queue", "ssrl_no_prune")}
+    mtimes = {n: os.path.getmtime(out / n / "history.csv") for n in ("iterative", "ssrl", "ssrl_no_queue", "ssrl_prune")}
     log2 = run_experiments(*args)
     assert not re.search(r"^\$ ", log2, re.M) and "evaluating" not in log2 and "re-clustering" not in log2
     assert log2.count("complete, skipped") == 5  # the baseline and the four SSRL runs
@@ -155,9 +157,9 @@ def test_reclustered_columns_use_the_starts_k():
 
 
 def test_systems_default_optional_rows_and_pinned_overrides():
-    """The default rows are the baseline and the four SSRL rows; ``ssrl_no_recluster`` runs only when named; the
-    no-GMM row and the supervised ceiling pin ``recluster_if: always`` (``never_noisy`` reads the GMM) and the
-    ceiling never re-clusters its true labels."""
+    """The default rows are the baseline and the four SSRL rows (the pruning ablation the one that changes the yaml);
+    ``ssrl_no_recluster`` runs only when named; the no-GMM row and the supervised ceiling pin ``recluster_if: always``
+    (``never_noisy`` reads the GMM) and the ceiling never re-clusters its true labels."""
     sys.path.insert(0, RECIPE)
     try:
         import run_experiments as rx
@@ -165,7 +167,7 @@ def test_systems_default_optional_rows_and_pinned_overrides():
         sys.path.remove(RECIPE)
     base = ["--data_folder=/d", "--out=/o"]
     a = rx.parse_args(base)
-    assert a.systems == ["iterative", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_no_prune"]
+    assert a.systems == ["iterative", "ssrl", "ssrl_no_noisy", "ssrl_no_queue", "ssrl_prune"]  # the yaml does not prune
     a = rx.parse_args(base + ["--systems=ssrl,ssrl_no_recluster,ssrl_no_noisy,supervised"])
     ov = {n: args for n, _, args in a.variants}
     assert set(ov) == {"ssrl", "ssrl_no_recluster", "ssrl_no_noisy", "supervised"}

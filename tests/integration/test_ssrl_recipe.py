@@ -13,6 +13,7 @@ def test_ssrl_updates_labels_prunes_and_exports(minivox_ci, dino_ci, tmp_path):
     out = str(tmp_path / "ssrl")
     args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
             "--fixed_label_epochs=2", "--relabel_assignment=nearest",  # the paper's rule (the MiniVox default votes, knn)
+            "--prune_clusters=True",  # the paper's pruning (the MiniVox default keeps emptied clusters)
             # a toy model moves slowly: a fast teacher and high lr make the labels change within 4 epochs
             "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9", *TINY_ECAPA]
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
@@ -120,8 +121,8 @@ def test_ssrl_reclusters_inside_the_run(minivox_ci, dino_ci, tmp_path):
     assert 0.0 < float(rows[2]["recluster_changed"]) <= 1.0 and 0.0 <= float(rows[2]["recluster_agreement"]) <= 1.0
     assert -1.0 <= float(rows[2]["labels_objective"]) <= 1.0 and -1.0 <= float(rows[2]["recluster_objective"]) <= 1.0
     saved = torch.load(os.path.join(out, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
-    # as many clusters as were active before it (n_pruned also counts the ids its merging, MiniVox default, left over)
-    assert saved["k"] == 24 - int(rows[2]["n_pruned"]) + int(rows[2].get("recluster_merged") or 0)
+    # the MiniVox default prunes nothing (prune_clusters: False): the re-clustering asks for all K0 clusters
+    assert saved["k"] == 24 and int(rows[2]["n_pruned"]) == 0
     ckpt = sorted(d for d in os.listdir(os.path.join(out, "save")) if d.startswith("CKPT+"))[-1]
     state = torch.load(os.path.join(out, "save", ckpt, "pseudo_labels.ckpt"), weights_only=True)
     restarted = state["queue"]["initial"]  # the queues were seeded with the re-clustered labels
@@ -211,24 +212,32 @@ def test_ssrl_gmm_noisy_min_fraction_keeps_the_reclustering(minivox_ci, dino_ci,
     assert os.path.isdir(os.path.join(out, "reclustering"))
 
 
-def test_ssrl_recluster_merge_connectivity_lets_the_count_fall(minivox_ci, dino_ci, tmp_path):
+@pytest.mark.parametrize("prune", [True, False])
+def test_ssrl_recluster_merge_connectivity_lets_the_count_fall(minivox_ci, dino_ci, tmp_path, prune):
     """recluster_merge_connectivity: each re-clustering merges the clusters its k-NN graph joins at least that
-    strongly and prunes the ids left over at once: history shows the merges and the lower count, the next
-    re-clustering asks for the active count only, the saved files name the threshold; a bad value is refused."""
+    strongly: history shows the merges and the lower count, the saved files name the threshold; with pruning the ids
+    left over are pruned at once and the next re-clustering asks for the active count only, without (the MiniVox
+    default) they stay and every re-clustering asks for K0 again; a bad value is refused."""
     out = str(tmp_path / "ssrl_merge")
     args = [f"--data_folder={minivox_ci}", f"--dino_folder={dino_ci}", f"--output_folder={out}", "--K0=24",
             "--fixed_label_epochs=1", "--lr_fix_start=0.01", "--lr_start=0.01", "--ema_start=0.5", "--ema_end=0.9",
             "--recluster_epochs=[2,3]", "--recluster_every=0", "--recluster_if=always", "--validate_every=0",
-            *TINY_ECAPA, "--cluster_method=spectral", "--spectral_neighbors=5", "--recluster_merge_connectivity=0.3"]
+            f"--prune_clusters={prune}", *TINY_ECAPA, "--cluster_method=spectral", "--spectral_neighbors=5",
+            "--recluster_merge_connectivity=0.3"]
     run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *args, "--number_of_epochs=4")
     rows = history(out)
     first = torch.load(os.path.join(out, "reclustering", "epoch_2", "initial_clustering.pt"), weights_only=False)
     second = torch.load(os.path.join(out, "reclustering", "epoch_3", "initial_clustering.pt"), weights_only=False)
     assert first["config"]["merge_connectivity"] == 0.3 and first["merged"] == int(rows[2]["recluster_merged"]) > 0
     left = int(torch.unique(first["labels"]).numel())
-    assert int(rows[2]["n_clusters"]) == left and 2 <= left < 24 and int(rows[2]["n_pruned"]) == 24 - left
-    assert second["k"] == left  # the next re-clustering asks for the active clusters only
-    assert int(rows[3]["n_clusters"]) <= left and int(rows[3]["n_pruned"]) == 24 - int(rows[3]["n_clusters"])
-    bad = [a.replace(out, out + "_bad") for a in args[:-1]] + ["--recluster_merge_connectivity=2"]
-    proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *bad, "--number_of_epochs=4", check=False)
-    assert proc.returncode != 0 and "recluster_merge_connectivity: 2 is not a number in (0, 1]" in proc.stdout + proc.stderr
+    assert int(rows[2]["n_clusters"]) == left and 2 <= left < 24
+    if prune:
+        assert int(rows[2]["n_pruned"]) == 24 - left
+        assert second["k"] == left  # the next re-clustering asks for the active clusters only
+        assert int(rows[3]["n_clusters"]) <= left and int(rows[3]["n_pruned"]) == 24 - int(rows[3]["n_clusters"])
+    else:
+        assert first["k"] == second["k"] == 24 and int(rows[3]["n_pruned"]) == 0  # the merged ids stay
+        assert int(rows[3]["n_clusters"]) == 24 - second["merged"]
+        bad = [a.replace(out, out + "_bad") for a in args[:-1]] + ["--recluster_merge_connectivity=2"]
+        proc = run_recipe("train.py", "hparams/minivox/ssrl_ecapa.yaml", *bad, "--number_of_epochs=4", check=False)
+        assert proc.returncode != 0 and "recluster_merge_connectivity: 2 is not a number in (0, 1]" in proc.stdout + proc.stderr
