@@ -9,8 +9,9 @@ Runs, in this order, each as the ``train.py`` command a user would type (shown a
 2. the iterative baseline (``hparams/<config>/iterative_ecapa.yaml``), rounds 1..R;
 3. SSRL, SSRL without noisy-label modelling (``noisy_label_model=False``; ``recluster_if=always``, since
    ``never_noisy`` reads that model), without the label queue (``queue_length=1``) and without cluster pruning
-   (``prune_clusters=False``); without the in-run re-clustering (``ssrl_no_recluster``: ``recluster_every=0``,
-   ``recluster_epochs=[]``) when ``--systems`` names it;
+   (``prune_clusters=False``; with it, ``ssrl_prune``, where the yaml does not prune, as the MiniVox yaml: a row
+   whose overrides the yaml already holds is not run); without the in-run re-clustering (``ssrl_no_recluster``:
+   ``recluster_every=0``, ``recluster_epochs=[]``) when ``--systems`` names it;
 
 then evaluates every final model (DINO, the baseline after every round, the SSRL variants) on the
 held-out test trials (cosine scoring, EER with its leave-one-test-speaker-out standard error, minDCF
