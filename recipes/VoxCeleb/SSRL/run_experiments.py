@@ -210,6 +210,11 @@ def stage_yaml(config: str, stage: str) -> str:
     return os.path.join(RECIPE, "hparams", *(["minivox"] if config == "minivox" else []), f"{stage}_ecapa.yaml")
 
 
+def stage_overrides(a, stage: str) -> List[str]:
+    """The ``--key=value`` overrides of one stage's runs: those of every run, then the stage's own (--extra_<stage>)."""
+    return list(a.extra) + list(getattr(a, "stage_extra", {}).get(stage, []))
+
+
 def yaml_keys(path: str) -> List[str]:
     """Top-level keys of a recipe yaml (lines ``key:`` at column 0)."""
     with open(path, encoding="utf-8") as f:
@@ -251,7 +256,7 @@ class Plan:
         self.a = a
         self.yaml = {k: stage_yaml(a.config, k) for k in ("dino", "ssrl", "iterative")}
         self.n_train, self.n_test_utts = n_train, n_test_utts
-        self.ov = {k: list(a.extra) + list(getattr(a, "stage_extra", {}).get(k, [])) for k in self.yaml}  # overrides per stage
+        self.ov = {k: stage_overrides(a, k) for k in self.yaml}
         bs = {k: int(float(yaml_value(y, "batch_size", self.ov[k]))) for k, y in self.yaml.items()}
         self.steps_per_epoch = {k: n_train // b for k, b in bs.items()}
         self.batch = bs
@@ -780,8 +785,7 @@ def parse_args(argv=None):
         if bad:
             ap.error(f"--systems: unknown {', '.join(bad)} (known: {', '.join(known)})")
     ssrl_yaml = stage_yaml(a.config, "ssrl")
-    repeats = repeated_rows([v for v in a.variants if v[0] in a.systems], ssrl_yaml,
-                            list(a.extra) + list(a.stage_extra["ssrl"]))
+    repeats = repeated_rows([v for v in a.variants if v[0] in a.systems], ssrl_yaml, stage_overrides(a, "ssrl"))
     # a row asked for by name (--systems or --variant) that changes nothing is refused, a default one dropped
     own = {v.partition("=")[0] for v in a.variant}
     named = [n for n in repeats if n in own or (given and n in a.systems)]
