@@ -40,7 +40,8 @@ def _run_folder(root, seed, systems, corpus="MiniVox (demo, corpus seed 0)", rng
         entries[name] = {"label": name, "test": {"eer": eer_of_trials(sc, lab), "eer_se": 1.0},
                          "labels": None if nmi is None else {"nmi": nmi, "purity": nmi / 2, "n_clusters": 20,
                                                              "max_speakers_per_home": 2},
-                         "labels_start": None if nmi is None else {"nmi": 0.5}}
+                         "labels_start": None if nmi is None else {"nmi": 0.5},
+                         "reclustered": None if nmi is None else {"nmi": nmi - 0.01, "n_clusters": 20}}
     res = {"train_seed": str(seed), "systems": entries, "test_list": "veri_test2", "start": start,
            "corpus": {"name": corpus, "data_folder": "/d"}, "command": "python run_experiments.py ...",
            "git": {"commit": "abc", "dirty": False}, "finished": "2026-11-30T00:00:00"}
@@ -63,6 +64,9 @@ def test_table_over_seeds_means_and_paired_differences(tmp_path, sm):
     assert r5["mean"]["nmi"] == pytest.approx((0.66 + 0.69) / 2)
     v = r5["vs_reference"]
     assert v["seeds"] == ["1986", "1987"] and v["nmi_diff"] == pytest.approx([-0.04, 0.01])
+    # the representation's labels (a fresh k-means of the final model's training embeddings) beside the trained-on ones
+    assert r5["mean"]["reclustered_nmi"] == pytest.approx((0.65 + 0.68) / 2)
+    assert v["reclustered_nmi_diff"] == pytest.approx([-0.04, 0.01])
     pairs = [(os.path.join(f, "eval", s, "scores_veri_test2.txt"), os.path.join(f, "eval", "ssrl", "scores_veri_test2.txt"))
              for f, s in ((f1, "iterative_r5"), (f2, "iterative_r5"))]
     d, se, per = paired_eer_difference_over_seeds(pairs)
@@ -76,7 +80,9 @@ def test_table_over_seeds_means_and_paired_differences(tmp_path, sm):
     # a reference without labels (a DINO-like row): NMI differences are empty, EER differences are not
     summ2 = sm.main(["--out", str(tmp_path / "out2"), "--reference", "DINO", "--row", f"DINO={f1}:dino", "--row", f"SSRL={f1}:ssrl"])
     assert summ2["rows"]["SSRL"]["vs_reference"]["nmi_diff"] == [None] and summ2["rows"]["SSRL"]["vs_reference"]["eer_diff"] < 0
-    assert "| DINO | 1986 | - | - |" in (tmp_path / "out2" / "summary.md").read_text()
+    md2 = (tmp_path / "out2" / "summary.md").read_text()
+    assert "| DINO | 1986 | - | - |" in md2 and "| SSRL | 1986 | 0.500 → 0.700 | 0.700 | 0.350 | 20 | 2 | 0.690 | " in md2
+    assert "| SSRL | 1986 | - | - | " in md2  # against DINO: no trained-on or re-clustered labels to subtract
     text = readme.read_text()
     assert text.startswith("intro\n<!-- seeds:start -->\n### Over training seeds") and text.endswith("<!-- seeds:end -->\nrest\n")
     assert "| Round 5 | 1986, 1987 | 0.500 → 0.660 / 0.500 → 0.690 | 0.675 |" in text and "old\n" not in text

@@ -15,6 +15,9 @@ trials, paired with every seed of the reference. Every row is compared with the 
 
 * label quality of the labels the final model trained on (NMI start → end, purity, clusters, the most true speakers
   sharing one majority cluster), per seed and their mean; the NMI difference to the reference per seed;
+* the NMI of a fresh k-means of the training utterances embedded by the final model (``run_experiments.py``'s
+  "re-clustered" columns: the labels its *representation* would give; training data, not the test trials), per seed,
+  and its difference to the reference per seed ("-" where the folder has none);
 * test EER per seed and the paired EER difference to the reference: the mean over the seeds the two rows share,
   with the standard error of a jackknife that leaves each test speaker out of every seed at once
   (``speechbrain_ssrl.scoring.paired_eer_difference_over_seeds``), the per-seed differences, and whether the
@@ -123,17 +126,21 @@ def summarize(rows: Dict[str, Dict[str, Dict]], reference: str) -> Dict:
             lab, st = e.get("labels") or {}, e.get("labels_start") or {}
             per_seed[seed] = {"nmi": lab.get("nmi"), "nmi_start": st.get("nmi"), "purity": lab.get("purity"),
                               "clusters": lab.get("n_clusters"), "max_speakers_per_home": lab.get("max_speakers_per_home"),
+                              "reclustered_nmi": (e.get("reclustered") or {}).get("nmi"),
                               "eer": e["test"]["eer"], "eer_se": e["test"].get("eer_se"),
                               "source": f"{seeds[seed]['folder']}:{seeds[seed]['system']}"}
         row = {"seeds": per_seed,
-               "mean": {k: mean([v[k] for v in per_seed.values()]) for k in ("nmi", "nmi_start", "purity", "eer")}}
+               "mean": {k: mean([v[k] for v in per_seed.values()]) for k in ("nmi", "nmi_start", "purity", "reclustered_nmi", "eer")}}
         shared = [s for s in sorted(seeds) if s in ref]
         if name != reference and shared:
             ref_nmi = {s: (ref[s]["entry"].get("labels") or {}).get("nmi") for s in shared}
             nmi_d = [None if per_seed[s]["nmi"] is None or ref_nmi[s] is None else per_seed[s]["nmi"] - ref_nmi[s]
                      for s in shared]
+            re_d = [None if per_seed[s]["reclustered_nmi"] is None or (ref[s]["entry"].get("reclustered") or {}).get("nmi") is None
+                    else per_seed[s]["reclustered_nmi"] - ref[s]["entry"]["reclustered"]["nmi"] for s in shared]
             d, se, per = paired_eer_difference_over_seeds([(seeds[s]["scores"], ref[s]["scores"]) for s in shared])
-            row["vs_reference"] = {"seeds": shared, "nmi_diff": nmi_d, "eer_diff": d, "eer_diff_se": se, "eer_diff_per_seed": per,
+            row["vs_reference"] = {"seeds": shared, "nmi_diff": nmi_d, "reclustered_nmi_diff": re_d,
+                                   "eer_diff": d, "eer_diff_se": se, "eer_diff_per_seed": per,
                                    "holds": bool(abs(d) > 2 * se),
                                    "same_sign_every_seed": bool(all(x < 0 for x in per) or all(x > 0 for x in per))}
         table[name] = row
@@ -160,27 +167,33 @@ def summary_markdown(summ: Dict, title: str, command: str, heading: str = "###")
                     for st in dict.fromkeys(summ["starts"].values()))),
              f"- training seeds: {', '.join(seeds_all)}; per-seed values are listed in seed order", ""]
     lines += ["| System | seeds | label NMI start → end (per seed) | NMI end, mean | purity (per seed) | clusters | "
-              "max speakers / home | EER % (per seed) | EER mean |", "|---|---|---|---|---|---|---|---|---|"]
+              "max speakers / home | re-clustered NMI (per seed) | EER % (per seed) | EER mean |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         nmi = " / ".join((f"{fmt(v['nmi_start'])} → " if v["nmi_start"] is not None else "") + fmt(v["nmi"])
                          for v in r["seeds"].values())
         lines.append(f"| {name} | {', '.join(r['seeds'])} | {nmi} | {fmt(r['mean']['nmi'])} | {per_seed_cell(r, 'purity', '.3f')} | "
                      f"{per_seed_cell(r, 'clusters', '.0f')} | {per_seed_cell(r, 'max_speakers_per_home', '.0f')} | "
+                     f"{per_seed_cell(r, 'reclustered_nmi', '.3f')} | "
                      f"{per_seed_cell(r, 'eer', '.2f')} | {fmt(r['mean']['eer'], '.2f')} |")
     lines += ["", f"Against **{ref}**, seed by seed (the seeds both rows have):", "",
-              "| System | seeds | NMI − reference (per seed) | EER − reference, points (per seed) | mean over seeds ± SE | "
-              "holds (\\|mean\\| > 2 SE) | same sign on every seed |", "|---|---|---|---|---|---|---|"]
+              "| System | seeds | NMI − reference (per seed) | re-clustered NMI − reference (per seed) | EER − reference, "
+              "points (per seed) | mean over seeds ± SE | holds (\\|mean\\| > 2 SE) | same sign on every seed |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         v = r.get("vs_reference")
         if not v:
             continue
         nmi_d = " / ".join(fmt(x, "+.3f") for x in v["nmi_diff"])
+        re_d = " / ".join(fmt(x, "+.3f") for x in v.get("reclustered_nmi_diff") or [None] * len(v["seeds"]))
         eer_d = " / ".join(format(x, "+.2f") for x in v["eer_diff_per_seed"])
         holds = ("yes: reference better" if v["eer_diff"] > 0 else "yes: reference worse") if v["holds"] else "no (within 2 SE)"
-        lines.append(f"| {name} | {', '.join(v['seeds'])} | {nmi_d} | {eer_d} | {v['eer_diff']:+.2f} ± {v['eer_diff_se']:.2f} | "
+        lines.append(f"| {name} | {', '.join(v['seeds'])} | {nmi_d} | {re_d} | {eer_d} | {v['eer_diff']:+.2f} ± {v['eer_diff_se']:.2f} | "
                      f"{holds} | {'yes' if v['same_sign_every_seed'] else 'no'} |")
     lines += ["", "NMI / purity / clusters / max speakers per home: the labels the final model was trained on (SSRL rows: "
-              "after the last epoch; baseline round r: the labels of round r, its clustering of round r - 1's model), against the true speakers. Means are "
+              "after the last epoch; baseline round r: the labels of round r, its clustering of round r - 1's model), against the true speakers. "
+              "Re-clustered NMI: a fresh k-means of the training utterances embedded by the row's final model (the labels its "
+              "representation would give; for baseline round r, those of round r + 1). Means are "
               "over each row's own seeds; the comparison below pairs the seeds two rows share. SE of the "
               "mean EER difference: jackknife over the test speakers, each left-out speaker removing its trials from every "
               "seed's pair at once; it measures the test set's sampling, not the spread between training seeds, which the "
