@@ -133,11 +133,12 @@ def summarize(rows: Dict[str, Dict[str, Dict]], reference: str) -> Dict:
                "mean": {k: mean([v[k] for v in per_seed.values()]) for k in ("nmi", "nmi_start", "purity", "reclustered_nmi", "eer")}}
         shared = [s for s in sorted(seeds) if s in ref]
         if name != reference and shared:
-            ref_nmi = {s: (ref[s]["entry"].get("labels") or {}).get("nmi") for s in shared}
-            nmi_d = [None if per_seed[s]["nmi"] is None or ref_nmi[s] is None else per_seed[s]["nmi"] - ref_nmi[s]
-                     for s in shared]
-            re_d = [None if per_seed[s]["reclustered_nmi"] is None or (ref[s]["entry"].get("reclustered") or {}).get("nmi") is None
-                    else per_seed[s]["reclustered_nmi"] - ref[s]["entry"]["reclustered"]["nmi"] for s in shared]
+            def diffs(key: str, part: str) -> List[Optional[float]]:  # per shared seed: this row's value - the reference's
+                mine = [per_seed[s][key] for s in shared]
+                theirs = [(ref[s]["entry"].get(part) or {}).get("nmi") for s in shared]
+                return [None if a is None or b is None else a - b for a, b in zip(mine, theirs)]
+
+            nmi_d, re_d = diffs("nmi", "labels"), diffs("reclustered_nmi", "reclustered")
             d, se, per = paired_eer_difference_over_seeds([(seeds[s]["scores"], ref[s]["scores"]) for s in shared])
             row["vs_reference"] = {"seeds": shared, "nmi_diff": nmi_d, "reclustered_nmi_diff": re_d,
                                    "eer_diff": d, "eer_diff_se": se, "eer_diff_per_seed": per,
