@@ -114,31 +114,34 @@ def mean(values: Sequence[Optional[float]]) -> Optional[float]:
     return float(np.mean(v)) if v else None
 
 
+def seed_values(seed: Dict) -> Dict:
+    """One seed's table values from its results.json entry (``None`` where the entry has none)."""
+    e = seed["entry"]
+    lab, st = e.get("labels") or {}, e.get("labels_start") or {}
+    return {"nmi": lab.get("nmi"), "nmi_start": st.get("nmi"), "purity": lab.get("purity"),
+            "clusters": lab.get("n_clusters"), "max_speakers_per_home": lab.get("max_speakers_per_home"),
+            "reclustered_nmi": (e.get("reclustered") or {}).get("nmi"),
+            "eer": e["test"]["eer"], "eer_se": e["test"].get("eer_se"),
+            "source": f"{seed['folder']}:{seed['system']}"}
+
+
 def summarize(rows: Dict[str, Dict[str, Dict]], reference: str) -> Dict:
     """The summary's numbers: per row and seed the labels and EER, per row the means and the paired differences."""
     corpus, test_list, starts = check_same_corpus(rows)
     ref = rows[reference]
+    ref_values = {seed: seed_values(ref[seed]) for seed in ref}
     table = {}
     for name, seeds in rows.items():
-        per_seed = {}
-        for seed in sorted(seeds):
-            e = seeds[seed]["entry"]
-            lab, st = e.get("labels") or {}, e.get("labels_start") or {}
-            per_seed[seed] = {"nmi": lab.get("nmi"), "nmi_start": st.get("nmi"), "purity": lab.get("purity"),
-                              "clusters": lab.get("n_clusters"), "max_speakers_per_home": lab.get("max_speakers_per_home"),
-                              "reclustered_nmi": (e.get("reclustered") or {}).get("nmi"),
-                              "eer": e["test"]["eer"], "eer_se": e["test"].get("eer_se"),
-                              "source": f"{seeds[seed]['folder']}:{seeds[seed]['system']}"}
+        per_seed = {seed: seed_values(seeds[seed]) for seed in sorted(seeds)}
         row = {"seeds": per_seed,
                "mean": {k: mean([v[k] for v in per_seed.values()]) for k in ("nmi", "nmi_start", "purity", "reclustered_nmi", "eer")}}
         shared = [s for s in sorted(seeds) if s in ref]
         if name != reference and shared:
-            def diffs(key: str, part: str) -> List[Optional[float]]:  # per shared seed: this row's value - the reference's
-                mine = [per_seed[s][key] for s in shared]
-                theirs = [(ref[s]["entry"].get(part) or {}).get("nmi") for s in shared]
-                return [None if a is None or b is None else a - b for a, b in zip(mine, theirs)]
+            def diffs(key: str) -> List[Optional[float]]:  # per shared seed: this row's value - the reference's
+                pairs = [(per_seed[s][key], ref_values[s][key]) for s in shared]
+                return [None if a is None or b is None else a - b for a, b in pairs]
 
-            nmi_d, re_d = diffs("nmi", "labels"), diffs("reclustered_nmi", "reclustered")
+            nmi_d, re_d = diffs("nmi"), diffs("reclustered_nmi")
             d, se, per = paired_eer_difference_over_seeds([(seeds[s]["scores"], ref[s]["scores"]) for s in shared])
             row["vs_reference"] = {"seeds": shared, "nmi_diff": nmi_d, "reclustered_nmi_diff": re_d,
                                    "eer_diff": d, "eer_diff_se": se, "eer_diff_per_seed": per,
