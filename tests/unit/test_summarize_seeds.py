@@ -132,3 +132,16 @@ def test_rows_may_differ_in_start_but_not_their_seeds(tmp_path, sm):
     assert summ["rows"]["KM"]["vs_reference"]["seeds"] == ["1986"]
     with pytest.raises(SystemExit, match="'MIX': its seeds' folders use different starts"):
         sm.main(["--out", str(tmp_path / "o2"), "--reference", "MIX", "--row", f"MIX={km}:ssrl,{sp2}:ssrl"])
+
+
+def test_a_table_of_one_row_has_no_empty_comparison(tmp_path, sm):
+    f1 = _run_folder(tmp_path, 1986, {"ssrl": (0.70, 1.2), "iterative_r5": (0.66, 0.8)})
+    md = sm.summary_markdown(sm.summarize({"SSRL": sm.load_row("SSRL", [(f1, "ssrl")])}, "SSRL"),
+                             "One row", "python summarize_seeds.py ...")
+    assert "| SSRL | 1986 | 0.500 → 0.700 |" in md
+    assert "Against" not in md and "NMI − reference" not in md
+    assert "No other row shares a training seed with **SSRL**: no paired comparison." in md
+    # with a second row the comparison table is there
+    two = {"SSRL": sm.load_row("SSRL", [(f1, "ssrl")]), "Round 5": sm.load_row("Round 5", [(f1, "iterative_r5")])}
+    md2 = sm.summary_markdown(sm.summarize(two, "SSRL"), "Two rows", "python summarize_seeds.py ...")
+    assert "Against **SSRL**, seed by seed" in md2 and "| Round 5 | 1986 | -0.040 |" in md2 and "No other row" not in md2

@@ -180,14 +180,15 @@ def summary_markdown(summ: Dict, title: str, command: str, heading: str = "###")
                      f"{per_seed_cell(r, 'clusters', '.0f')} | {per_seed_cell(r, 'max_speakers_per_home', '.0f')} | "
                      f"{per_seed_cell(r, 'reclustered_nmi', '.3f')} | "
                      f"{per_seed_cell(r, 'eer', '.2f')} | {fmt(r['mean']['eer'], '.2f')} |")
-    lines += ["", f"Against **{ref}**, seed by seed (the seeds both rows have):", "",
-              "| System | seeds | NMI − reference (per seed) | re-clustered NMI − reference (per seed) | EER − reference, "
-              "points (per seed) | mean over seeds ± SE | holds (\\|mean\\| > 2 SE) | same sign on every seed |",
-              "|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        v = r.get("vs_reference")
-        if not v:
-            continue
+    compared = [(name, r["vs_reference"]) for name, r in rows.items() if r.get("vs_reference")]
+    if compared:
+        lines += ["", f"Against **{ref}**, seed by seed (the seeds both rows have):", "",
+                  "| System | seeds | NMI − reference (per seed) | re-clustered NMI − reference (per seed) | EER − reference, "
+                  "points (per seed) | mean over seeds ± SE | holds (\\|mean\\| > 2 SE) | same sign on every seed |",
+                  "|---|---|---|---|---|---|---|---|"]
+    else:  # one row, or none shares a seed with the reference: no empty table
+        lines += ["", f"No other row shares a training seed with **{ref}**: no paired comparison."]
+    for name, v in compared:
         nmi_d = " / ".join(fmt(x, "+.3f") for x in v["nmi_diff"])
         re_d = " / ".join(fmt(x, "+.3f") for x in v.get("reclustered_nmi_diff") or [None] * len(v["seeds"]))
         eer_d = " / ".join(format(x, "+.2f") for x in v["eer_diff_per_seed"])
