@@ -199,7 +199,7 @@ def summary_markdown(summ: Dict, title: str, command: str, heading: str = "###")
               "after the last epoch; baseline round r: the labels of round r, its clustering of round r - 1's model), against the true speakers. "
               "Re-clustered NMI: a fresh k-means of the training utterances embedded by the row's final model (the labels its "
               "representation would give; for baseline round r, those of round r + 1). Means are "
-              "over each row's own seeds; the comparison below pairs the seeds two rows share. SE of the "
+              "over each row's own seeds; the paired comparison takes the seeds two rows share. SE of the "
               "mean EER difference: jackknife over the test speakers, each left-out speaker removing its trials from every "
               "seed's pair at once; it measures the test set's sampling, not the spread between training seeds, which the "
               "per-seed columns show.", "", "Sources (folder:system per seed; the commit is the one of the invocation that wrote "
