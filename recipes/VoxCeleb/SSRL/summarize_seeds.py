@@ -129,10 +129,11 @@ def summarize(rows: Dict[str, Dict[str, Dict]], reference: str) -> Dict:
     """The summary's numbers: per row and seed the labels and EER, per row the means and the paired differences."""
     corpus, test_list, starts = check_same_corpus(rows)
     ref = rows[reference]
-    ref_values = {seed: seed_values(ref[seed]) for seed in ref}
+    values = {name: {seed: seed_values(seeds[seed]) for seed in sorted(seeds)} for name, seeds in rows.items()}
+    ref_values = values[reference]
     table = {}
     for name, seeds in rows.items():
-        per_seed = {seed: seed_values(seeds[seed]) for seed in sorted(seeds)}
+        per_seed = values[name]
         row = {"seeds": per_seed,
                "mean": {k: mean([v[k] for v in per_seed.values()]) for k in ("nmi", "nmi_start", "purity", "reclustered_nmi", "eer")}}
         shared = [s for s in sorted(seeds) if s in ref]
